@@ -1,0 +1,79 @@
+"""Shared plumbing for the thin TFDS builders in ``datasets/``.
+
+Generation of a split fans the per-example simulator out over local cores
+(multiprocessing, ``spawn`` so that a parent that already runs JAX threads is
+safe) and yields examples in index order, with a tqdm progress bar. Example i
+of a split is a pure function of (config seed, split, i), so the bytes written
+do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
+# Below this many examples the pool start-up costs more than it saves.
+_MIN_EXAMPLES_FOR_POOL = 64
+
+
+def _call_with_seed(fn: Callable[[np.random.SeedSequence], dict], seed_entropy: tuple[int, ...]
+                    ) -> dict:
+    return fn(np.random.SeedSequence(list(seed_entropy)))
+
+
+def generate_split(fn: Callable[[np.random.SeedSequence], dict[str, Any]], *, num_examples: int,
+                   split: str, seed: int, num_workers: Optional[int] = None,
+                   desc: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields ``(i, fn(SeedSequence([seed, split_index, i])))`` for i < num_examples, in order.
+
+    ``fn`` must be picklable (a module-level function or a functools.partial of one).
+    ``num_workers`` defaults to all local cores.
+    """
+    split_index = SPLIT_INDEX[split]
+    seeds = [(seed, split_index, i) for i in range(num_examples)]
+    num_workers = num_workers or os.cpu_count() or 1
+    task = functools.partial(_call_with_seed, fn)
+    bar = tqdm.tqdm(total=num_examples, desc=f"{desc} {split}".strip(), unit="seq",
+                    disable=num_examples < _MIN_EXAMPLES_FOR_POOL)
+    with bar:
+        if num_workers == 1 or num_examples < _MIN_EXAMPLES_FOR_POOL:
+            for i, s in enumerate(seeds):
+                yield i, task(s)
+                bar.update()
+            return
+        chunksize = max(1, min(64, num_examples // (8 * num_workers)))
+        with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+            for i, example in enumerate(pool.imap(task, seeds, chunksize=chunksize)):
+                yield i, example
+                bar.update()
+
+
+def binary_video(num_frames: int, height: int, width: int) -> tfds.features.Tensor:
+    """(T+1, H, W, 1) uint8 video stored zlib-compressed (see rnem_jax/data.py for numbers)."""
+    return tfds.features.Tensor(shape=(num_frames, height, width, 1), dtype=np.uint8,
+                                encoding="zlib")
+
+
+def ball_features(num_frames: int, image_size: int, *, curtain: bool = False
+                  ) -> tfds.features.FeaturesDict:
+    """Feature spec of bouncing-balls examples (rnem_jax.sim.balls docstring)."""
+    video = functools.partial(binary_video, num_frames, image_size, image_size)
+    spec = {
+        "features": video(),
+        "groups": video(),
+        "collisions": video(),
+        "positions": tfds.features.Tensor(shape=(num_frames, None, 2), dtype=np.float32),
+        "velocities": tfds.features.Tensor(shape=(num_frames, None, 2), dtype=np.float32),
+        "masses": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+        "radii": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+    }
+    if curtain:
+        spec["curtain"] = tfds.features.Tensor(shape=(4,), dtype=np.float32)
+    return tfds.features.FeaturesDict(spec)
