@@ -115,6 +115,7 @@ def simulate(positions: np.ndarray, velocities: np.ndarray, masses: np.ndarray,
     space = pymunk.Space()
     space.gravity = (0.0, 0.0)
     space.damping = 1.0
+    space.collision_slop = 0.01  # allowed overlap (px) before position correction
     size = float(image_size)
     corners = [(0.0, 0.0), (size, 0.0), (size, size), (0.0, size)]
     for a, b in zip(corners, corners[1:] + corners[:1]):
