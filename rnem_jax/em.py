@@ -1,0 +1,229 @@
+"""The (R)NN-EM loop as pure functions (paper §2-3, REFERENCE §2-§4.6).
+
+Layout: frames are time-major ``features: [T+1, B, H, W, C]``; per step the
+predictions are ``psi: [B, K, H, W, C]`` and the soft assignments
+``gamma: [B, K, H, W, 1]``. One EM iteration is one video frame: step t reads
+the noisy frame x~_t, predicts frame t+1 (psi_t) and runs the E-step against the
+clean frame x_{t+1}. The T steps are one ``jax.lax.scan``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from rnem_jax.metrics import clipped_bce
+
+CLIP = 1e-6
+E_STEP_EPS = 1e-6
+
+
+def bitflip(x: jnp.ndarray, flip: jnp.ndarray) -> jnp.ndarray:
+  """Bit-flip noise: ``x`` where ``flip`` is 0, ``1 - x`` where it is 1 (also for real x)."""
+  return x + flip * (1.0 - 2.0 * x)
+
+
+def sample_flips(key: jax.Array, shape, prob: float, dtype=jnp.float32) -> jnp.ndarray:
+  """i.i.d. Bernoulli(prob) flip mask of ``shape``."""
+  return jax.random.bernoulli(key, prob, shape).astype(dtype)
+
+
+def sample_gamma0(key: jax.Array, shape) -> jnp.ndarray:
+  """Initial soft assignments ``[B, K, ...]``: |N(0, 1)| normalised over K (1 if K = 1)."""
+  if shape[1] == 1:
+    return jnp.ones(shape, jnp.float32)
+  g = jnp.abs(jax.random.normal(key, shape, jnp.float32))
+  return g / jnp.sum(g, axis=1, keepdims=True)
+
+
+def masked_input(x_noisy: jnp.ndarray, psi: jnp.ndarray, gamma: jnp.ndarray) -> jnp.ndarray:
+  """Network input ``stop_grad(gamma) * (x~ - psi)``.
+
+  Args:
+    x_noisy: [B, H, W, C] noisy frame x~_t.
+    psi: [B, K, H, W, C] previous predictions psi_{t-1} (gradients flow through them).
+    gamma: [B, K, H, W, 1] previous soft assignments (no gradient).
+
+  Returns:
+    [B, K, H, W, C].
+  """
+  return jax.lax.stop_gradient(gamma) * (x_noisy[:, None] - psi)
+
+
+def e_step(x_next: jnp.ndarray, psi: jnp.ndarray, distribution: str = "bernoulli",
+           sigma: float = 0.25) -> jnp.ndarray:
+  """Posterior over components per pixel (uniform prior), paper Eq. (2).
+
+  Args:
+    x_next: [B, H, W, C] target frame (the clean next frame).
+    psi: [B, K, H, W, C] per-component predictions.
+    distribution: 'bernoulli' (psi are Bernoulli means) or 'gaussian' (mean psi,
+      fixed std ``sigma``).
+
+  Returns:
+    gamma: [B, K, H, W, 1], summing to 1 over K. Not differentiated through by
+    the loss (callers stop its gradient).
+  """
+  x = x_next[:, None]
+  if distribution == "bernoulli":
+    lik = x * psi + (1.0 - x) * (1.0 - psi)
+  elif distribution == "gaussian":
+    lik = jnp.exp(-0.5 * ((x - psi) / sigma) ** 2) / (sigma * jnp.sqrt(2.0 * jnp.pi))
+  else:
+    raise ValueError(f"unknown E-step distribution {distribution!r}")
+  lik = jnp.sum(lik, axis=-1, keepdims=True) + E_STEP_EPS
+  return lik / jnp.sum(lik, axis=1, keepdims=True)
+
+
+def simulated_e_step(psi: jnp.ndarray, threshold: float = 0.1) -> jnp.ndarray:
+  """E-step with no target (simulation, REFERENCE §4.6): target = [max_k psi > threshold]."""
+  target = (jnp.max(psi, axis=1) > threshold).astype(psi.dtype)
+  return e_step(target, psi)
+
+
+def kl_to_prior(pred: jnp.ndarray, prior: float) -> jnp.ndarray:
+  """KL(Bern(prior) || Bern(pred)) with the reference clipping; ``-log(max(1-psi, 1e-6))`` at prior 0."""
+  def term(p, q):
+    return p * jnp.log(jnp.clip(p / jnp.clip(q, CLIP, 1e6), CLIP, 1e6))
+  out = term(1.0 - prior, 1.0 - pred)
+  if prior > 0.0:
+    out = out + term(prior, pred)
+  return out
+
+
+def em_loss(psi: jnp.ndarray, x_next: jnp.ndarray, gamma: jnp.ndarray, *, prior: float = 0.0,
+            inter_weight: float = 1.0, mask: Optional[jnp.ndarray] = None):
+  """Paper Eq. (3) as the reference computes it, for one step.
+
+  ``sum_{pixels, K} [gamma * BCE(psi, x) + inter_weight * (1 - gamma) * KL(prior || psi)] / B``
+
+  Args:
+    psi: [B, K, H, W, C]; x_next: [B, H, W, C]; gamma: [B, K, H, W, 1] (its
+      gradient is stopped here); mask: optional [B, H, W, 1] per-pixel weight
+      (e.g. collisions for the relational loss).
+
+  Returns:
+    (total, intra, inter) scalars, each summed over pixels and K, mean over B.
+  """
+  gamma = jax.lax.stop_gradient(gamma)
+  intra = gamma * clipped_bce(psi, x_next[:, None])
+  inter = (1.0 - gamma) * kl_to_prior(psi, prior)
+  if mask is not None:
+    intra, inter = intra * mask[:, None], inter * mask[:, None]
+  B = psi.shape[0]
+  intra, inter = jnp.sum(intra) / B, jnp.sum(inter) / B
+  return intra + inter_weight * inter, intra, inter
+
+
+class Rollout(NamedTuple):
+  """Per-step outputs of ``rollout`` (leading axis = step t = 0..T-1).
+
+  ``psi``/``gamma``/``alpha``/``inputs`` are ``None`` unless ``keep_outputs``.
+  """
+
+  loss: jnp.ndarray            # [T] total loss L_t
+  intra: jnp.ndarray           # [T]
+  inter: jnp.ndarray           # [T]
+  psi: Any = None              # [T, B, K, H, W, C] predictions of frame t+1
+  gamma: Any = None            # [T, B, K, H, W, 1] E-step on frame t+1
+  alpha: Any = None            # [T, B, K, K] attention
+  inputs: Any = None           # [T, B, H, W, C] noisy frames fed to the network
+  gamma0: Any = None           # [B, K, H, W, 1] the random initial assignment
+
+
+def check_features(features, K: int, image_shape=None, actions=None, finite: bool = False) -> None:
+  """Validates rollout inputs; raises ValueError naming the problem.
+
+  ``finite=True`` also rejects NaN/Inf, which needs concrete (non-traced)
+  arrays: call it before the jitted step.
+  """
+  if K < 1:
+    raise ValueError(f"K must be >= 1, got {K}")
+  if features.ndim != 5:
+    raise ValueError(f"features must be [T+1, B, H, W, C]; got shape {features.shape}")
+  if features.shape[0] < 2:
+    raise ValueError(f"need at least 2 frames (T >= 1); got {features.shape[0]}")
+  if image_shape is not None and tuple(features.shape[2:]) != tuple(image_shape):
+    raise ValueError(
+        f"frames are {tuple(features.shape[2:])} but the model expects {tuple(image_shape)}")
+  if actions is not None and tuple(actions.shape) != tuple(features.shape[:2]):
+    raise ValueError(
+        f"actions must be [T+1, B] = {features.shape[:2]}; got {actions.shape}")
+  if finite:
+    if isinstance(features, jax.core.Tracer):
+      raise ValueError("finite=True needs concrete arrays: check the batch before jit")
+    if not bool(jnp.all(jnp.isfinite(features))):
+      raise ValueError("features contain NaN or Inf")
+
+
+def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
+            noise_prob: float = 0.2, actions: Optional[jnp.ndarray] = None,
+            num_real_steps: Optional[int] = None, e_step_distribution: str = "bernoulli",
+            prior: float = 0.0, inter_weight: float = 1.0, keep_outputs: bool = False,
+            unroll: Union[int, bool] = 1, remat: bool = False) -> Rollout:
+  """The full EM rollout over T = features.shape[0] - 1 steps as one ``lax.scan``.
+
+  Args:
+    network: a ``model.NEMNetwork`` (its ``apply`` is the M-step).
+    params: its parameters.
+    features: [T+1, B, H, W, C] clean binary frames.
+    key: PRNG key for the bit-flip noise and gamma0.
+    K: number of components (any K >= 1, independent of the parameters).
+    noise_prob: bit-flip probability on the network input (targets stay clean).
+    actions: [T+1, B] int actions, for networks built with actions.
+    num_real_steps: simulation (SPEC D7): from step N on, the input is the
+      model's own soft reconstruction sum_k gamma psi and gamma comes from the
+      thresholded max of psi instead of the true frame. ``None``: all real.
+    keep_outputs: also return psi, gamma, alpha and the inputs per step.
+    unroll: ``lax.scan`` unroll factor (``True`` = fully unrolled); see
+      ``train.py`` for why training unrolls.
+    remat: rematerialise each step in the backward pass (saves memory).
+
+  Returns:
+    a ``Rollout``.
+  """
+  check_features(features, K, None, actions)
+  T = features.shape[0] - 1
+  B = features.shape[1]
+  k_noise, k_gamma = jax.random.split(key)
+  flips = sample_flips(k_noise, (T,) + features.shape[1:], noise_prob, features.dtype)
+  gamma0 = sample_gamma0(k_gamma, (B, K) + features.shape[2:4] + (1,))
+  psi0 = jnp.zeros((B, K) + features.shape[2:], features.dtype)
+  state0 = network.initial_state(B, K)
+  n_real = T if num_real_steps is None else int(num_real_steps)
+  simulate = jnp.arange(T) >= n_real
+
+  def step(carry, xs):
+    state, psi, gamma = carry
+    x_t, x_next, flip, sim, a_t = xs
+    if num_real_steps is not None:
+      own = jnp.sum(gamma * psi, axis=1)
+      x_t = jnp.where(sim, jax.lax.stop_gradient(own), x_t)
+    x_in = bitflip(x_t, flip)
+    u = masked_input(x_in, psi, gamma)
+    state, psi, alpha = network.apply(params, u, state, a_t)
+    gamma = e_step(x_next, psi, e_step_distribution)
+    if num_real_steps is not None:
+      gamma = jnp.where(sim, simulated_e_step(psi), gamma)
+    total, intra, inter = em_loss(psi, x_next, gamma, prior=prior, inter_weight=inter_weight)
+    out = (total, intra, inter)
+    if keep_outputs:
+      out += (psi, gamma, alpha, x_in)
+    return (state, psi, gamma), out
+
+  if remat:
+    step = jax.checkpoint(step)
+  a_xs = None if actions is None else actions[:T]
+  xs = (features[:T], features[1:], flips, simulate, a_xs)
+  _, out = jax.lax.scan(step, (state0, psi0, gamma0), xs, unroll=unroll)
+  if keep_outputs:
+    return Rollout(*out, gamma0=gamma0)
+  return Rollout(*out)
+
+
+def training_loss(network, params, features, key, *, K: int, actions=None, **kwargs):
+  """Mean over the T steps of the EM loss (REFERENCE §3), and the rollout's losses."""
+  r = rollout(network, params, features, key, K=K, actions=actions, **kwargs)
+  return jnp.mean(r.loss), r

@@ -1,0 +1,163 @@
+"""Tests of the E-step, the loss and the scanned EM rollout (rnem_jax.em)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnem_jax import em
+
+
+def test_e_step_hand_computation_and_normalisation():
+  x_next = jnp.array([1.0, 0.0]).reshape(1, 1, 2, 1)            # [B, H, W, C]
+  psi = jnp.array([[0.9, 0.2], [0.3, 0.6]]).reshape(1, 2, 1, 2, 1)  # [B, K, H, W, C]
+  gamma = em.e_step(x_next, psi)
+  eps = 1e-6
+  want_pix0 = np.array([0.9 + eps, 0.3 + eps]) / (1.2 + 2 * eps)     # x=1: p = psi
+  want_pix1 = np.array([0.8 + eps, 0.4 + eps]) / (1.2 + 2 * eps)     # x=0: p = 1 - psi
+  np.testing.assert_allclose(gamma[0, :, 0, 0, 0], want_pix0, rtol=1e-6)
+  np.testing.assert_allclose(gamma[0, :, 0, 1, 0], want_pix1, rtol=1e-6)
+  big = jax.random.uniform(jax.random.key(0), (3, 5, 8, 8, 1))
+  g = em.e_step((big[:, 0] > 0.5).astype(jnp.float32), big)
+  np.testing.assert_allclose(jnp.sum(g, axis=1), 1.0, rtol=1e-6)
+  gg = em.e_step((big[:, 0] > 0.5).astype(jnp.float32), big, "gaussian")
+  np.testing.assert_allclose(jnp.sum(gg, axis=1), 1.0, rtol=1e-6)
+
+
+def test_gaussian_e_step_hand_computation():
+  x_next = jnp.array([0.5]).reshape(1, 1, 1, 1)
+  psi = jnp.array([0.5, 0.75]).reshape(1, 2, 1, 1, 1)
+  g = em.e_step(x_next, psi, "gaussian", sigma=0.25)
+  n = lambda d: math.exp(-0.5 * (d / 0.25) ** 2) / (0.25 * math.sqrt(2 * math.pi)) + 1e-6
+  np.testing.assert_allclose(g[0, :, 0, 0, 0], np.array([n(0), n(0.25)]) / (n(0) + n(0.25)),
+                             rtol=1e-5)
+
+
+def test_gamma0_normalised_and_k1():
+  g = em.sample_gamma0(jax.random.key(0), (4, 5, 6, 6, 1))
+  np.testing.assert_allclose(jnp.sum(g, 1), 1.0, rtol=1e-6)
+  assert float(jnp.std(g)) > 0.05
+  np.testing.assert_array_equal(em.sample_gamma0(jax.random.key(0), (4, 1, 6, 6, 1)), 1.0)
+
+
+def test_loss_hand_computation():
+  x_next = jnp.array([1.0]).reshape(1, 1, 1, 1)
+  psi = jnp.array([0.9, 0.3]).reshape(1, 2, 1, 1, 1)
+  gamma = jnp.array([0.75, 0.25]).reshape(1, 2, 1, 1, 1)
+  total, intra, inter = em.em_loss(psi, x_next, gamma)
+  want_intra = 0.75 * -math.log(0.9) + 0.25 * -math.log(0.3)
+  want_inter = 0.25 * -math.log(1 - 0.9) + 0.75 * -math.log(1 - 0.3)
+  np.testing.assert_allclose(intra, want_intra, rtol=1e-5)
+  np.testing.assert_allclose(inter, want_inter, rtol=1e-5)
+  np.testing.assert_allclose(total, want_intra + want_inter, rtol=1e-5)
+  # mean over the batch, sum over pixels and K
+  x2 = jnp.concatenate([x_next, x_next]).reshape(1, 1, 2, 1)
+  t2, _, _ = em.em_loss(jnp.concatenate([psi, psi], 3), x2, jnp.concatenate([gamma, gamma], 3))
+  np.testing.assert_allclose(t2, 2 * total, rtol=1e-5)
+  tb, _, _ = em.em_loss(jnp.concatenate([psi, psi]), jnp.concatenate([x_next, x_next]),
+                        jnp.concatenate([gamma, gamma]))
+  np.testing.assert_allclose(tb, total, rtol=1e-5)
+
+
+def test_no_gradient_through_gamma():
+  x_next = jnp.ones((1, 2, 2, 1))
+  psi = jnp.full((1, 3, 2, 2, 1), 0.4)
+  gamma = jnp.full((1, 3, 2, 2, 1), 1 / 3)
+  g = jax.grad(lambda gm: em.em_loss(psi, x_next, gm)[0])(gamma)
+  np.testing.assert_array_equal(g, 0.0)
+  gi = jax.grad(lambda gm: jnp.sum(em.masked_input(x_next[:, 0], psi, gm)))(gamma)
+  np.testing.assert_array_equal(gi, 0.0)
+  gp = jax.grad(lambda p: jnp.sum(em.masked_input(x_next[:, 0], p, gamma)))(psi)
+  np.testing.assert_allclose(gp, -gamma)
+
+
+class ToyNetwork:
+  """psi = sigmoid(b + w * u); theta accumulates u. Duck-types model.NEMNetwork."""
+
+  def initial_state(self, batch, K):
+    return jnp.zeros((batch, K))
+
+  def apply(self, params, u, state, actions=None, mask=None):
+    psi = jax.nn.sigmoid(params["b"] + params["w"] * u)
+    return state + jnp.mean(u, axis=(2, 3, 4)), psi, jnp.zeros(u.shape[:2] + (u.shape[1],))
+
+
+def _toy_features(T=4, B=2, S=4, seed=0):
+  return (jax.random.uniform(jax.random.key(seed), (T + 1, B, S, S, 1)) < 0.4).astype(jnp.float32)
+
+
+def test_gradient_flows_through_previous_prediction(monkeypatch):
+  net, feats, key = ToyNetwork(), _toy_features(), jax.random.key(3)
+  params = {"b": jnp.float32(0.3), "w": jnp.float32(2.0)}
+
+  def step1_loss(b):
+    return em.rollout(net, {"b": b, "w": params["w"]}, feats, key, K=3, noise_prob=0.1).loss[1]
+
+  g = jax.grad(step1_loss)(params["b"])
+  h = 1e-2
+  fd = (step1_loss(params["b"] + h) - step1_loss(params["b"] - h)) / (2 * h)
+  np.testing.assert_allclose(g, fd, rtol=2e-2)
+  # cutting the path psi_{t-1} -> input of step t changes the gradient: the path exists
+  real = em.masked_input
+  monkeypatch.setattr(em, "masked_input",
+                      lambda x, psi, gm: real(x, jax.lax.stop_gradient(psi), gm))
+  g_cut = jax.grad(step1_loss)(params["b"])
+  assert abs(float(g - g_cut)) > 0.05 * abs(float(g))
+
+
+def test_rollout_outputs_and_simulation():
+  net, feats = ToyNetwork(), _toy_features(T=6)
+  params = {"b": jnp.float32(-0.5), "w": jnp.float32(1.0)}
+  r = em.rollout(net, params, feats, jax.random.key(0), K=3, keep_outputs=True)
+  assert r.loss.shape == (6,) and r.psi.shape == (6, 2, 3, 4, 4, 1)
+  assert r.gamma.shape == (6, 2, 3, 4, 4, 1) and r.alpha.shape == (6, 2, 3, 3)
+  np.testing.assert_allclose(r.gamma, em.e_step(feats[1:].reshape(-1, 4, 4, 1),
+                                                r.psi.reshape(-1, 3, 4, 4, 1)).reshape(r.gamma.shape),
+                             rtol=1e-6)
+  # with noise 0 the inputs are the frames
+  r0 = em.rollout(net, params, feats, jax.random.key(0), K=3, noise_prob=0.0, keep_outputs=True)
+  np.testing.assert_array_equal(r0.inputs, feats[:6])
+  # simulation: identical up to step N, then fed with its own reconstruction
+  s = em.rollout(net, params, feats, jax.random.key(0), K=3, noise_prob=0.0, num_real_steps=2,
+                 keep_outputs=True)
+  np.testing.assert_allclose(s.psi[:2], r0.psi[:2], rtol=1e-6)
+  np.testing.assert_allclose(s.inputs[2], jnp.sum(s.gamma[1] * s.psi[1], axis=1), rtol=1e-6)
+  np.testing.assert_allclose(s.gamma[3], em.simulated_e_step(s.psi[3]), rtol=1e-6)
+  assert not np.allclose(s.inputs[3], feats[3])
+
+
+def test_unrolled_scan_matches_rolled():
+  net, feats = ToyNetwork(), _toy_features(T=5)
+  params = {"b": jnp.float32(0.1), "w": jnp.float32(1.5)}
+  f = lambda p, u: em.training_loss(net, p, feats, jax.random.key(1), K=2, unroll=u)[0]
+  np.testing.assert_allclose(f(params, True), f(params, 1), rtol=1e-6)
+  g1, g2 = jax.grad(f)(params, True), jax.grad(f)(params, 1)
+  np.testing.assert_allclose(g1["b"], g2["b"], rtol=1e-5)
+
+
+def test_bitflip():
+  x = jnp.array([0.0, 1.0, 0.0, 1.0, 0.25])
+  m = jnp.array([0.0, 0.0, 1.0, 1.0, 1.0])
+  np.testing.assert_allclose(em.bitflip(x, m), [0.0, 1.0, 1.0, 0.0, 0.75])
+  flips = em.sample_flips(jax.random.key(0), (200, 200), 0.2)
+  assert abs(float(flips.mean()) - 0.2) < 0.01
+
+
+def test_bad_inputs_raise():
+  net, feats = ToyNetwork(), _toy_features()
+  p = {"b": jnp.float32(0.0), "w": jnp.float32(1.0)}
+  with pytest.raises(ValueError, match="K must be >= 1"):
+    em.rollout(net, p, feats, jax.random.key(0), K=0)
+  with pytest.raises(ValueError, match=r"\[T\+1, B, H, W, C\]"):
+    em.rollout(net, p, feats[0], jax.random.key(0), K=2)
+  with pytest.raises(ValueError, match="actions"):
+    em.rollout(net, p, feats, jax.random.key(0), K=2, actions=jnp.zeros((5, 3), jnp.int32))
+  with pytest.raises(ValueError, match="model expects"):
+    em.check_features(feats, 2, (8, 8, 1))
+  bad = feats.at[0, 0, 0, 0, 0].set(jnp.nan)
+  with pytest.raises(ValueError, match="NaN"):
+    em.check_features(bad, 2, finite=True)
+  with pytest.raises(ValueError, match="unknown E-step"):
+    em.e_step(feats[0], feats[:2].transpose(1, 0, 2, 3, 4), "poisson")
