@@ -66,7 +66,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, network, tx, K
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(loss=loss, loss_last=r.loss[-1], intra=jnp.mean(r.intra),
-                 inter=jnp.mean(r.inter), grad_norm=optax.global_norm(grads))
+                 inter=jnp.mean(r.inter), grad_norm=optax.tree.norm(grads))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -1,0 +1,44 @@
+"""The jitted training step learns: a few hundred steps on moving squares cut the loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnem_jax import model as M
+from rnem_jax import train
+
+
+def moving_squares(key, batch=8, frames=9, size=16, n=2, side=3):
+  """[frames, batch, size, size, 1] binary frames of n squares bouncing off the walls."""
+  kp, kv = jax.random.split(key)
+  pos = np.asarray(jax.random.randint(kp, (batch, n, 2), 0, size - side))
+  vel = np.asarray(jax.random.choice(kv, np.array([-1, 1]), (batch, n, 2)))
+  out = np.zeros((frames, batch, size, size, 1), np.float32)
+  for t in range(frames):
+    for b in range(batch):
+      for i in range(n):
+        r, c = pos[b, i]
+        out[t, b, r:r + side, c:c + side] = 1.0
+    nxt = pos + vel
+    bounce = (nxt < 0) | (nxt > size - side)
+    vel = np.where(bounce, -vel, vel)
+    pos = pos + vel
+  return jnp.asarray(out)
+
+
+def test_few_hundred_steps_reduce_the_loss():
+  net = M.build_network(M.default_model_config(
+      image_size=16, hidden=32, interaction_sizes=(32, 32, 32, 16)))
+  tx = train.make_optimizer(1e-3)
+  state = train.create_train_state(M.init_params(net, jax.random.key(0)), tx)
+  step = train.make_train_step(net, tx, K=2, noise_prob=0.1)
+  data = moving_squares(jax.random.key(1), batch=8)
+  losses = []
+  for i in range(300):
+    state, metrics = step(state, {"features": data}, jax.random.fold_in(jax.random.key(2), i))
+    losses.append(float(metrics["loss"]))
+  first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+  print(f"loss: first 10 steps {first:.1f}, last 10 steps {last:.1f}")
+  assert int(state.step) == 300
+  assert np.all(np.isfinite(losses))
+  assert last < 0.3 * first
