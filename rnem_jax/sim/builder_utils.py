@@ -1,17 +1,20 @@
 """Shared plumbing for the thin TFDS builders in ``datasets/``.
 
 Generation of a split fans the per-example simulator out over local cores
-(multiprocessing, ``spawn`` so that a parent that already runs JAX threads is
-safe) and yields examples in index order, with a tqdm progress bar. Example i
+(a bounded process pool: ``fork``, or ``spawn`` when the parent already runs
+JAX threads) and yields examples in index order, with a tqdm progress bar. Example i
 of a split is a pure function of (config seed, split, i), so the bytes written
 do not depend on the number of workers.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
 import multiprocessing
 import os
+import sys
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -23,9 +26,15 @@ SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
 _MIN_EXAMPLES_FOR_POOL = 64
 
 
-def _call_with_seed(fn: Callable[[np.random.SeedSequence], dict], seed_entropy: tuple[int, ...]
-                    ) -> dict:
-    return fn(np.random.SeedSequence(list(seed_entropy)))
+def _call_with_seeds(fn: Callable[[np.random.SeedSequence], dict],
+                     entropies: list[tuple[int, ...]]) -> list[dict]:
+    return [fn(np.random.SeedSequence(list(e))) for e in entropies]
+
+
+def _mp_context():
+    # fork is fast and needs no `if __name__ == "__main__"` guard in the caller's
+    # script, but forking a process that runs JAX threads is unsafe: use spawn then.
+    return multiprocessing.get_context("spawn" if "jax" in sys.modules else "fork")
 
 
 def generate_split(fn: Callable[[np.random.SeedSequence], dict[str, Any]], *, num_examples: int,
@@ -34,25 +43,40 @@ def generate_split(fn: Callable[[np.random.SeedSequence], dict[str, Any]], *, nu
     """Yields ``(i, fn(SeedSequence([seed, split_index, i])))`` for i < num_examples, in order.
 
     ``fn`` must be picklable (a module-level function or a functools.partial of one).
-    ``num_workers`` defaults to all local cores.
+    ``num_workers`` defaults to all local cores. At most a few chunks per worker
+    are in flight, so memory stays bounded however slowly the writer consumes.
     """
     split_index = SPLIT_INDEX[split]
-    seeds = [(seed, split_index, i) for i in range(num_examples)]
+    entropies = [(seed, split_index, i) for i in range(num_examples)]
     num_workers = num_workers or os.cpu_count() or 1
-    task = functools.partial(_call_with_seed, fn)
     bar = tqdm.tqdm(total=num_examples, desc=f"{desc} {split}".strip(), unit="seq",
                     disable=num_examples < _MIN_EXAMPLES_FOR_POOL)
     with bar:
         if num_workers == 1 or num_examples < _MIN_EXAMPLES_FOR_POOL:
-            for i, s in enumerate(seeds):
-                yield i, task(s)
-                bar.update()
-            return
-        chunksize = max(1, min(64, num_examples // (8 * num_workers)))
-        with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
-            for i, example in enumerate(pool.imap(task, seeds, chunksize=chunksize)):
+            for i, example in enumerate(_call_with_seeds(fn, [e])[0] for e in entropies):
                 yield i, example
                 bar.update()
+            return
+        chunk = max(1, min(32, num_examples // (8 * num_workers)))
+        chunks = [entropies[i:i + chunk] for i in range(0, num_examples, chunk)]
+        i = 0
+        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=_mp_context()) as pool:
+            pending = collections.deque()
+            for c in chunks:
+                pending.append(pool.submit(_call_with_seeds, fn, c))
+                while len(pending) >= 4 * num_workers or (c is chunks[-1] and pending):
+                    try:
+                        examples = pending.popleft().result()
+                    except concurrent.futures.process.BrokenProcessPool as e:
+                        raise RuntimeError(
+                            "a dataset generation worker died. If you build from a script "
+                            "that imports JAX, workers are spawned and the script needs an "
+                            "`if __name__ == '__main__':` guard; or build first with "
+                            "`python -m rnem_jax.data build NAME`.") from e
+                    for example in examples:
+                        yield i, example
+                        i += 1
+                        bar.update()
 
 
 def binary_video(num_frames: int, height: int, width: int) -> tfds.features.Tensor:
