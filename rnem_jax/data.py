@@ -259,8 +259,8 @@ def iterate_batches(name: str, split: str, batch_size: int, *, seed: int,
                     num_frames: Optional[int] = None, shuffle: bool = True,
                     num_epochs: Optional[int] = None, drop_remainder: bool = True,
                     shard_index: Optional[int] = None, shard_count: Optional[int] = None,
-                    data_dir: Optional[str] = None, num_threads: int = 4
-                    ) -> Iterator[dict[str, np.ndarray]]:
+                    data_dir: Optional[str] = None, num_threads: int = 4,
+                    start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Time-major batches of a built split (see the module docstring for keys/shapes).
 
     Args:
@@ -278,6 +278,8 @@ def iterate_batches(name: str, split: str, batch_size: int, *, seed: int,
         ``shard_index::shard_count`` (default ``jax.process_index()`` /
         ``jax.process_count()``).
       num_threads: decoding threads (zlib releases the GIL).
+      start_batch: skip the first ``start_batch`` batches of this order without
+        reading them (resuming a run at step ``start_batch``).
     """
     import grain
 
@@ -309,6 +311,8 @@ def iterate_batches(name: str, split: str, batch_size: int, *, seed: int,
     keys = info.keys
     ds = ds.map(lambda ex: _crop(ex, keys, num_frames))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(_time_major)
+    if start_batch:
+        ds = ds[start_batch:]
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
     yield from ds.to_iter_dataset(options)
 

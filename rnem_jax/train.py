@@ -13,14 +13,31 @@ compile straight-line code, so it is the default for training.
 from __future__ import annotations
 
 import functools
+import itertools
+import json
+import logging
+import math
+import os
+import sys
+import time
 from typing import Any, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import orbax.checkpoint as ocp
+import tqdm
+from flax.training.early_stopping import EarlyStopping
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tensorboardX import SummaryWriter
 
-from rnem_jax import em
+from rnem_jax import data, em
+from rnem_jax.model import build_network, init_params
+
+log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
@@ -76,3 +93,303 @@ def make_train_step(network, tx, *, K: int, noise_prob: float, unroll=True, rema
   fn = functools.partial(train_step, network=network, tx=tx, K=K, noise_prob=noise_prob,
                          unroll=unroll, remat=remat, **loss_kwargs)
   return jax.jit(fn, donate_argnums=(0,) if donate else ())
+
+
+# ---------------------------------------------------------------------------
+# Devices: a 1-D ('data',) mesh; params replicated, batches sharded on B (SPEC D2).
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named 'data' over ``devices`` (default: all devices of all hosts)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ("data",))
+
+
+def replicate(tree, mesh: Mesh):
+  """Places every array of ``tree`` on every device of ``mesh``."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+  """Time-major host batch ``{k: [T+1, B_local, ...]}`` -> global arrays sharded on B.
+
+  Each process passes its own ``B_local`` sequences (multi-host); the global
+  batch is their concatenation.
+  """
+  sharding = NamedSharding(mesh, P(None, "data"))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: orbax, "latest" every few steps + "best" by validation loss.
+
+
+class Checkpoints:
+  """Two orbax CheckpointManagers under ``workdir/checkpoints/{latest,best}``.
+
+  Each checkpoint holds the ``TrainState`` and a JSON ``meta`` record (model
+  config, early-stopping state, epoch). Orbax writes to a temporary directory
+  and renames it when complete, so a killed run never leaves a half-written
+  checkpoint behind.
+  """
+
+  def __init__(self, workdir: str):
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=opts)
+    self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=opts)
+
+  def save(self, which: str, step: int, state: TrainState, meta: dict) -> None:
+    mngr = getattr(self, which)
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_meta(self, which: str) -> Optional[dict]:
+    mngr = getattr(self, which)
+    step = mngr.latest_step()
+    if step is None:
+      return None
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, which: str, target: TrainState) -> tuple[Optional[TrainState], Optional[dict]]:
+    """Restores onto the shapes/shardings of ``target``; (None, None) if there is none."""
+    mngr = getattr(self, which)
+    step = mngr.latest_step()
+    if step is None:
+      return None, None
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def model_signature(config) -> dict:
+  """What a checkpoint's parameters depend on (K does not: it is not here)."""
+  return json.loads(config.model.to_json())
+
+
+def check_compatible(meta: Optional[dict], config, workdir: str) -> None:
+  """Refuses to resume a workdir holding a checkpoint of another architecture."""
+  if meta is None:
+    return
+  saved, wanted = meta.get("model"), model_signature(config)
+  if saved != wanted:
+    diff = sorted(k for k in set(saved or {}) | set(wanted)
+                  if (saved or {}).get(k) != wanted.get(k))
+    raise ValueError(
+        f"{workdir} holds a checkpoint of a different model (fields differ: {diff}; "
+        f"saved {[(k, (saved or {}).get(k)) for k in diff]}, "
+        f"config {[(k, wanted.get(k)) for k in diff]}). Use another --workdir; nothing "
+        "was changed.")
+
+
+# ---------------------------------------------------------------------------
+# The training loop.
+
+
+def validate_config(config, num_devices: int) -> None:
+  """Clear errors for configs that cannot run (before anything is written)."""
+  if config.em.K < 1:
+    raise ValueError(f"em.K must be >= 1, got {config.em.K}")
+  if config.em.T < 1:
+    raise ValueError(f"em.T must be >= 1, got {config.em.T}")
+  for name in ("batch_size", "valid_batch_size"):
+    b = config.train[name]
+    if b < 1 or b % num_devices:
+      raise ValueError(f"train.{name}={b} must be a positive multiple of the number of "
+                       f"devices ({num_devices})")
+  if config.train.valid_size % config.train.valid_batch_size:
+    raise ValueError(f"train.valid_size={config.train.valid_size} must be a multiple of "
+                     f"train.valid_batch_size={config.train.valid_batch_size}")
+  if not 0.0 <= config.em.noise_prob <= 1.0:
+    raise ValueError(f"em.noise_prob must be in [0, 1], got {config.em.noise_prob}")
+
+
+def check_data_fits_model(info, config) -> None:
+  """The dataset's frames must be what the network takes, and long enough for T."""
+  want = tuple(info.image_size)
+  if want != (config.model.image_size, config.model.image_size):
+    raise ValueError(
+        f"dataset {info.name} has {want[0]}x{want[1]} frames but model.image_size is "
+        f"{config.model.image_size}: the model cannot take this image size")
+  if config.em.T + 1 > info.num_frames:
+    raise ValueError(f"em.T={config.em.T} needs {config.em.T + 1} frames; {info.name} has "
+                     f"{info.num_frames}")
+  if config.model.num_actions and "actions" not in info.keys:
+    raise ValueError(f"the model takes actions but {info.name} has none")
+
+
+def _model_inputs(batch: dict) -> dict:
+  return {k: batch[k] for k in ("features", "actions") if k in batch}
+
+
+def _data_dir(config) -> Optional[str]:
+  return config.data_dir or None
+
+
+class _Logger:
+  """JSONL + TensorBoard (tensorboardX) writer for scalar metrics."""
+
+  def __init__(self, workdir: str):
+    self.jsonl = open(os.path.join(workdir, "train_log.jsonl"), "a")
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, kind: str, scalars: dict) -> None:
+    row = {"step": int(step), "kind": kind, "time": time.time()}
+    row.update({k: float(v) for k, v in scalars.items()})
+    self.jsonl.write(json.dumps(row) + "\n")
+    self.jsonl.flush()
+    for k, v in scalars.items():
+      self.tb.add_scalar(f"{kind}/{k}", float(v), int(step))
+
+  def close(self) -> None:
+    self.jsonl.close()
+    self.tb.close()
+
+
+def make_loss_fn(network, config, K: int, T: int):
+  """Jitted (params, batch, key) -> mean EM loss (forward only; validation)."""
+  def fn(params, batch, key):
+    loss, _ = em.training_loss(network, params, batch["features"][: T + 1], key, K=K,
+                               actions=None if "actions" not in batch else batch["actions"][: T + 1],
+                               noise_prob=config.em.noise_prob,
+                               e_step_distribution=config.em.e_step, prior=config.em.prior,
+                               inter_weight=config.em.inter_weight)
+    return loss
+  return jax.jit(fn)
+
+
+def validation_loss(loss_fn, params, config, mesh, key) -> float:
+  """Mean training loss (with noise, fixed key) over the first ``valid_size`` validation sequences."""
+  n_batches = config.train.valid_size // config.train.valid_batch_size
+  batches = data.iterate_batches(
+      config.dataset, "validation", config.train.valid_batch_size, seed=0,
+      num_frames=config.em.T + 1, shuffle=False, num_epochs=1, drop_remainder=True,
+      data_dir=_data_dir(config))
+  losses = []
+  for i, batch in enumerate(itertools.islice(batches, n_batches)):
+    losses.append(float(loss_fn(params, shard_batch(_model_inputs(batch), mesh),
+                                jax.random.fold_in(key, i))))
+  if len(losses) < n_batches:
+    raise ValueError(f"{config.dataset} has fewer than train.valid_size="
+                     f"{config.train.valid_size} validation sequences")
+  return float(np.mean(losses))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if any.
+
+  Returns a summary dict (final step, best validation loss, why it stopped).
+  Raises FloatingPointError on a NaN/Inf loss (the last good checkpoint stays).
+  """
+  mesh = make_mesh()
+  validate_config(config, mesh.size)
+  data.ensure_built(config.dataset, _data_dir(config))
+  info = data.dataset_info(config.dataset, _data_dir(config))
+  check_data_fits_model(info, config)
+  network = build_network(config.model)
+  os.makedirs(workdir, exist_ok=True)
+  ckpts = Checkpoints(workdir)
+  check_compatible(ckpts.restore_meta("latest"), config, workdir)
+
+  tx = make_optimizer(config.train.learning_rate)
+  root_key = jax.random.key(config.seed)
+  init_key, step_key, valid_key = jax.random.split(root_key, 3)
+  state = replicate(create_train_state(init_params(network, init_key), tx), mesh)
+  restored, meta = ckpts.restore("latest", state)
+  stopper = EarlyStopping(patience=max(config.train.patience - 1, 0))
+  if restored is not None:
+    state = restored
+    stopper = stopper.replace(**meta["early_stopping"])
+    log.info("resumed from step %d in %s", int(state.step), workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  n_train = info.splits["train"]
+  steps_per_epoch = config.train.steps_per_epoch or max(n_train // config.train.batch_size, 1)
+  max_steps = config.train.max_steps or steps_per_epoch * config.train.max_epochs
+  step = int(state.step)
+  K, T = config.em.K, config.em.T
+  train_step = make_train_step(network, tx, K=K, noise_prob=config.em.noise_prob,
+                               unroll=config.train.unroll, remat=config.train.remat,
+                               e_step_distribution=config.em.e_step, prior=config.em.prior,
+                               inter_weight=config.em.inter_weight)
+  loss_fn = make_loss_fn(network, config, K, T)
+  logger = _Logger(workdir)
+
+  def meta_now(epoch: int) -> dict:
+    return {"model": model_signature(config), "epoch": epoch,
+            "early_stopping": {"best_metric": float(stopper.best_metric),
+                               "patience_count": int(stopper.patience_count),
+                               "should_stop": bool(stopper.should_stop)}}
+
+  batches = data.iterate_batches(
+      config.dataset, "train", config.train.batch_size // jax.process_count(),
+      seed=config.seed, num_frames=T + 1, shuffle=True, start_batch=step,
+      data_dir=_data_dir(config))
+  deadline = (time.time() + 60.0 * config.train.max_minutes) if config.train.max_minutes else None
+  reason = "max_steps"
+  bar = tqdm.tqdm(total=max_steps, initial=step, desc=config.name, dynamic_ncols=True,
+                  disable=not sys.stderr.isatty())
+  t_last, step_last = time.time(), step
+  try:
+    while step < max_steps:
+      if stopper.should_stop:
+        reason = "early_stopping"
+        break
+      if deadline is not None and time.time() > deadline:
+        reason = "max_minutes"
+        break
+      batch = shard_batch(_model_inputs(next(batches)), mesh)
+      new_state, metrics = train_step(state, batch, jax.random.fold_in(step_key, step))
+      loss = float(metrics["loss"])
+      if not math.isfinite(loss):
+        last = ckpts.latest.latest_step()
+        raise FloatingPointError(
+            f"training loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
+            f"(step {last}) is kept in {os.path.join(workdir, 'checkpoints')}.")
+      state, step = new_state, step + 1
+      bar.update(1)
+      if step % config.train.log_every == 0 or step == max_steps:
+        now = time.time()
+        sps = (step - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        scalars = {k: float(v) for k, v in metrics.items()}
+        scalars["steps_per_s"] = sps
+        logger.write(step, "train", scalars)
+        bar.set_postfix(loss=f"{loss:.1f}", steps_per_s=f"{sps:.2f}")
+      if step % steps_per_epoch == 0:
+        epoch = step // steps_per_epoch
+        val = validation_loss(loss_fn, state.params, config, mesh, valid_key)
+        stopper = stopper.update(val)
+        logger.write(step, "valid", {"loss": val, "epoch": epoch,
+                                     "best_loss": stopper.best_metric})
+        log.info("epoch %d (step %d): validation loss %.3f (best %.3f)", epoch, step, val,
+                     stopper.best_metric)
+        if stopper.has_improved:
+          ckpts.save("best", step, state, meta_now(epoch))
+        ckpts.save("latest", step, state, meta_now(epoch))
+      elif step % config.train.checkpoint_every == 0:
+        ckpts.save("latest", step, state, meta_now(step // steps_per_epoch))
+    if ckpts.latest.latest_step() != step:
+      ckpts.save("latest", step, state, meta_now(step // steps_per_epoch))
+    if ckpts.best.latest_step() is None:
+      # No epoch finished yet: the latest state is the best we have.
+      ckpts.save("best", step, state, meta_now(step // steps_per_epoch))
+  finally:
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
+    logger.close()
+  summary = {"step": step, "stop_reason": reason, "best_valid_loss": float(stopper.best_metric)}
+  log.info("training stopped (%s) at step %d", reason, step)
+  return summary

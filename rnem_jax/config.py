@@ -1,0 +1,105 @@
+"""Experiment configs as data: the base config and the paper's model variants.
+
+``configs/{balls,curtain,atari}.py`` call :func:`make_config` with their
+dataset names; the ``:variant`` after the file name selects a model and a
+scale, comma-separated, e.g. ``configs/balls.py:rnn_em,small``.
+
+Models (paper §4): ``rnem`` (default, K=5), ``rnem_k8``, ``rnem_noatt``,
+``rnn_em`` (K=5), ``rnn`` (K=1), ``lstm`` (K=1).
+Scales: ``paper`` (default: 64x64, B=64, T=30), ``small`` (32x32, B=16, T=15,
+a CPU run of ~30 minutes), ``tiny`` (seconds; for tests).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rnem_jax.model import default_model_config
+
+# model name -> (cell, K, K used on the extrapolation test set)
+MODELS = {
+    "rnem": ("rnem", 5, 8),
+    "rnem_k8": ("rnem", 8, 8),
+    "rnem_noatt": ("rnem_noatt", 5, 8),
+    "rnn_em": ("rnn", 5, 8),
+    "rnn": ("rnn", 1, 1),
+    "lstm": ("lstm", 1, 1),
+}
+SCALES = ("paper", "small", "tiny")
+
+
+def parse_variant(variant: str) -> tuple[str, str]:
+  """``"rnn_em,small"`` -> ``("rnn_em", "small")``; missing parts take the defaults."""
+  model, scale = "rnem", "paper"
+  for part in filter(None, (p.strip() for p in (variant or "").split(","))):
+    if part in MODELS:
+      model = part
+    elif part in SCALES:
+      scale = part
+    else:
+      raise ValueError(
+          f"unknown config variant {part!r}; models: {sorted(MODELS)}, scales: {list(SCALES)}")
+  return model, scale
+
+
+def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "balls",
+                image_size: dict[str, int], em: dict, train: dict,
+                num_actions: int = 0) -> ml_collections.ConfigDict:
+  """Builds a locked config.
+
+  Args:
+    variant: "<model>[,<scale>]".
+    datasets: per scale, ``"<scale>"`` -> train dataset name and, optionally,
+      ``"<scale>_extrapolation"`` -> the extrapolation test set.
+    image_size: per scale.
+    em: per-scale overrides of the ``em`` section (e.g. ``{"small": {"T": 15}}``)
+      plus shared entries under ``"all"``.
+    train: same, for the ``train`` section.
+  """
+  model, scale = parse_variant(variant)
+  cell, K, K_extrapolation = MODELS[model]
+  c = ml_collections.ConfigDict()
+  c.name = f"{model}_{scale}"
+  c.dataset = datasets[scale]
+  c.data_dir = ""                      # "" = $RNEM_DATA_DIR or ~/tensorflow_datasets
+  c.seed = 0
+  c.model = default_model_config(architecture=architecture, image_size=image_size[scale],
+                                 cell=cell, num_actions=num_actions)
+  c.em = ml_collections.ConfigDict(dict(
+      K=K, T=30, noise_prob=0.2, e_step="bernoulli", prior=0.0, inter_weight=1.0))
+  c.em.update(em.get("all", {}))
+  c.em.update(em.get(scale, {}))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=64,
+      learning_rate=1e-3,
+      max_epochs=500,
+      steps_per_epoch=0,               # 0 = train size // batch size
+      max_steps=0,                     # 0 = no limit
+      max_minutes=0.0,                 # wall-clock budget; 0 = no limit
+      patience=10,                     # early stopping, in epochs
+      valid_size=1000,                 # fixed validation subset (first sequences)
+      valid_batch_size=64,
+      log_every=10,
+      checkpoint_every=100,            # steps between "latest" checkpoints
+      unroll=True,                     # see rnem_jax.train: unrolled scan for fast gradients
+      remat=False,
+  ))
+  c.train.update(train.get("all", {}))
+  c.train.update(train.get(scale, {}))
+  c.eval = ml_collections.ConfigDict(dict(
+      dataset="",                      # "" = the training dataset
+      split="test",
+      K=0,                             # 0 = the training K
+      batch_size=100 if scale == "paper" else 50,
+      max_sequences=0,                 # 0 = the whole split
+      T=0,                             # 0 = em.T
+      seed=1234,
+      output="",                       # "" = metrics.json (or metrics_<dataset>_K<K>.json)
+  ))
+  c.extrapolation = ml_collections.ConfigDict(dict(
+      dataset=datasets.get(f"{scale}_extrapolation", ""), K=K_extrapolation))
+  c.rollout = ml_collections.ConfigDict(dict(
+      num_real_steps=5, num_sim_steps=10, batch_size=c.eval.batch_size, max_sequences=0,
+      seed=4321, dataset=""))
+  c.lock()
+  return c

@@ -1,0 +1,211 @@
+"""Evaluation (SPEC D6) and simulation rollouts (SPEC D7) of a trained model.
+
+Protocol (as the reference): bit-flip noise on the inputs and a random gamma0,
+both from a fixed seed, so numbers are reproducible; targets are clean frames.
+Every metric is computed per step t = 0..T-1 (predicting frame t+1) and per
+sequence, averaged over all sequences of the split, then summarised:
+
+* ``bce_*``: BCE of max_k psi (the "upper bound" BCE), summed over pixels;
+  ``relational_bce_*`` counts only pixels flagged in ``collisions[t]``;
+  ``baseline_*``: the copy-the-current-frame prediction on the same pixels;
+  ``*_rel`` = model / baseline. ``_last`` = last step, ``_last10`` = mean of
+  the last 10 steps.
+* ``ari_seq`` (mean over steps) and ``ari_last``: foreground ARI of argmax_k
+  gamma_t against the groups of frame t+1; ``confidence_*`` likewise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnem_jax import data, em, metrics
+from rnem_jax.model import build_network, init_params
+from rnem_jax.train import (Checkpoints, check_compatible, check_data_fits_model,
+                            create_train_state, make_mesh, make_optimizer, replicate, shard_batch)
+
+log = logging.getLogger(__name__)
+
+CURVES = ("bce", "baseline_bce", "relational_bce", "baseline_relational_bce", "ari",
+          "confidence")
+
+
+def step_metrics(network, params, batch: dict, key, *, K: int, noise_prob: float,
+                 num_real_steps: Optional[int] = None, num_groups: int = 16,
+                 e_step_distribution: str = "bernoulli") -> dict:
+  """Per-step, per-sequence metrics of one batch: each value is ``[T, B]``.
+
+  ``batch``: time-major ``features`` [T+1, B, H, W, 1] and optionally
+  ``groups``, ``collisions`` (same shape) and ``actions`` [T+1, B].
+  """
+  x = batch["features"]
+  r = em.rollout(network, params, x, key, K=K, noise_prob=noise_prob,
+                 actions=batch.get("actions"), num_real_steps=num_real_steps,
+                 e_step_distribution=e_step_distribution, keep_outputs=True)
+  per_step = metrics.per_step
+  out = {
+      "bce": per_step(metrics.upper_bound_bce)(r.psi, x[1:]),
+      "baseline_bce": per_step(metrics.copy_baseline_bce)(x[:-1], x[1:]),
+  }
+  if "collisions" in batch:
+    c = batch["collisions"][:-1]
+    out["relational_bce"] = per_step(metrics.upper_bound_bce)(r.psi, x[1:], c)
+    out["baseline_relational_bce"] = per_step(metrics.copy_baseline_bce)(x[:-1], x[1:], c)
+  if "groups" in batch:
+    g = batch["groups"][1:]
+    out["ari"] = per_step(metrics.adjusted_rand_index, num_groups=num_groups)(g, r.gamma)
+    out["confidence"] = per_step(metrics.confidence)(g, r.gamma)
+  return out
+
+
+def summarise(curves: dict[str, np.ndarray]) -> dict:
+  """Per-step mean curves ``{name: [T]}`` -> the scalar metrics of SPEC D6."""
+  out = {}
+  for name in ("bce", "relational_bce"):
+    if name not in curves:
+      continue
+    model, base = curves[name], curves[f"baseline_{name}"]
+    for suffix, sl in (("last", slice(-1, None)), ("last10", slice(-10, None))):
+      m, b = float(np.mean(model[sl])), float(np.mean(base[sl]))
+      out[f"{name}_{suffix}"] = m
+      out[f"baseline_{name}_{suffix}"] = b
+      out[f"{name}_{suffix}_rel"] = m / b if b > 0 else float("nan")
+  for name in ("ari", "confidence"):
+    if name in curves:
+      out[f"{name}_seq"] = float(np.mean(curves[name]))
+      out[f"{name}_last"] = float(curves[name][-1])
+  return out
+
+
+def _pad(batch: dict, size: int) -> tuple[dict, int]:
+  """Pads the batch axis (1) to ``size`` by repeating the last sequence."""
+  n = next(iter(batch.values())).shape[1]
+  if n == size:
+    return batch, n
+  pad = lambda v: np.concatenate([v, np.repeat(v[:, -1:], size - n, axis=1)], axis=1)
+  return {k: pad(v) for k, v in batch.items()}, n
+
+
+def restore_params(config, workdir: str, network, mesh, which: str = "best"):
+  """Parameters of the ``best`` (else ``latest``) checkpoint in ``workdir``."""
+  ckpts = Checkpoints(workdir)
+  try:
+    source = which if getattr(ckpts, which).latest_step() is not None else "latest"
+    if getattr(ckpts, source).latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
+                              "train first (--mode=train)")
+    check_compatible(ckpts.restore_meta(source), config, workdir)
+    tx = make_optimizer(config.train.learning_rate)
+    target = replicate(create_train_state(init_params(network, jax.random.key(0)), tx), mesh)
+    state, _ = ckpts.restore(source, target)
+  finally:
+    ckpts.close()
+  return state.params, int(state.step)
+
+
+def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: int, T: int,
+                batch_size: int, max_sequences: int, seed: int,
+                num_real_steps: Optional[int] = None) -> tuple[dict, int]:
+  """Mean per-step curves over a whole split (every sequence exactly once)."""
+  if batch_size % mesh.size:
+    raise ValueError(f"eval batch size {batch_size} must be a multiple of the number of "
+                     f"devices ({mesh.size})")
+  data_dir = config.data_dir or None
+  data.ensure_built(dataset, data_dir)
+  info = data.dataset_info(dataset, data_dir)
+  check_data_fits_model(info, config)
+  if T + 1 > info.num_frames:
+    raise ValueError(f"{T} steps need {T + 1} frames; {dataset} has {info.num_frames}")
+  fn = jax.jit(lambda p, b, k: step_metrics(
+      network, p, b, k, K=K, noise_prob=config.em.noise_prob, num_real_steps=num_real_steps,
+      num_groups=max(info.max_balls, 1), e_step_distribution=config.em.e_step))
+  sums, count = None, 0
+  key = jax.random.key(seed)
+  batches = data.iterate_batches(dataset, split, batch_size, seed=seed, num_frames=T + 1,
+                                 shuffle=False, num_epochs=1, drop_remainder=False,
+                                 shard_index=0, shard_count=1, data_dir=data_dir)
+  for i, batch in enumerate(batches):
+    if max_sequences and count >= max_sequences:
+      break
+    keep = batch_size if not max_sequences else min(batch_size, max_sequences - count)
+    batch, n = _pad(batch, batch_size)
+    n = min(n, keep)
+    out = fn(params, shard_batch(batch, mesh), jax.random.fold_in(key, i))
+    out = {k: np.asarray(v)[:, :n].astype(np.float64).sum(axis=1) for k, v in out.items()}
+    sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+    count += n
+  if not count:
+    raise ValueError(f"{dataset}:{split} yielded no sequence")
+  return {k: v / count for k, v in sums.items()}, count
+
+
+def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str = "",
+             output: str = "") -> dict:
+  """Evaluates the best checkpoint; writes and returns the metrics JSON record.
+
+  ``dataset``/``K``/``split`` default to ``config.eval`` (then to the training
+  dataset and K); e.g. extrapolation: ``dataset="bouncing_balls/balls678mass64", K=8``.
+  """
+  mesh = make_mesh()
+  network = build_network(config.model)
+  dataset = dataset or config.eval.dataset or config.dataset
+  K = K or config.eval.K or config.em.K
+  if K < 1:
+    raise ValueError(f"K must be >= 1, got {K}")
+  split = split or config.eval.split
+  T = config.eval.T or config.em.T
+  params, step = restore_params(config, workdir, network, mesh)
+  curves, count = run_metrics(config, params, network, mesh, dataset=dataset, split=split, K=K,
+                              T=T, batch_size=config.eval.batch_size,
+                              max_sequences=config.eval.max_sequences, seed=config.eval.seed)
+  record = {
+      "model": config.name, "checkpoint_step": step, "dataset": dataset, "split": split,
+      "K": K, "T": T, "num_sequences": count,
+      "protocol": f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, "
+                  f"seed {config.eval.seed}",
+      **summarise(curves),
+      "curves": {k: [float(x) for x in v] for k, v in curves.items()},
+  }
+  if not output:
+    same = dataset == config.dataset and K == config.em.K
+    output = "metrics.json" if same else f"metrics_{dataset.split('/')[-1]}_K{K}.json"
+  path = os.path.join(workdir, output)
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  log.info("wrote %s", path)
+  return record
+
+
+def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int = 0,
+            dataset: str = "", output: str = "rollout.json") -> dict:
+  """Simulation (SPEC D7): N real steps, then the model feeds itself; per-step BCE."""
+  mesh = make_mesh()
+  network = build_network(config.model)
+  n_real = num_real_steps or config.rollout.num_real_steps
+  n_sim = num_sim_steps or config.rollout.num_sim_steps
+  dataset = dataset or config.rollout.dataset or config.dataset
+  params, step = restore_params(config, workdir, network, mesh)
+  curves, count = run_metrics(config, params, network, mesh, dataset=dataset, split="test",
+                              K=config.em.K, T=n_real + n_sim,
+                              batch_size=config.rollout.batch_size,
+                              max_sequences=config.rollout.max_sequences,
+                              seed=config.rollout.seed, num_real_steps=n_real)
+  record = {
+      "model": config.name, "checkpoint_step": step, "dataset": dataset, "K": config.em.K,
+      "num_real_steps": n_real, "num_sim_steps": n_sim, "num_sequences": count,
+      "bce_per_step": [float(x) for x in curves["bce"]],
+      "baseline_bce_per_step": [float(x) for x in curves["baseline_bce"]],
+  }
+  if "relational_bce" in curves:
+    record["relational_bce_per_step"] = [float(x) for x in curves["relational_bce"]]
+  path = os.path.join(workdir, output)
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  log.info("wrote %s", path)
+  return record

@@ -1,0 +1,53 @@
+"""Command line: train, evaluate or roll out an R-NEM experiment.
+
+  python -m rnem_jax.main --config=configs/balls.py[:<model>[,<scale>]] \
+      --workdir=DIR [--mode=train|eval|rollout|all] [--config.field=value ...]
+
+``train`` resumes from ``DIR`` if it holds a checkpoint; ``eval`` writes
+``DIR/metrics.json`` (and the extrapolation test set's metrics when the config
+names one); ``rollout`` writes ``DIR/rollout.json``; ``all`` does the three.
+"""
+
+import logging as py_logging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", "/tmp/rnem_jax_run", "Run directory (checkpoints, logs, metrics).")
+flags.DEFINE_enum("mode", "all", ["train", "eval", "rollout", "all"], "What to run.")
+config_flags.DEFINE_config_file(
+    "config", "configs/balls.py:small", "Experiment config file (see configs/).", lock_config=True)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+
+  from rnem_jax import evaluate, train
+
+  # Our progress at INFO; the libraries' (orbax, TFDS) chatter only from WARNING up.
+  logging.set_verbosity(logging.WARNING)
+  py_logging.getLogger("rnem_jax").setLevel(py_logging.INFO)
+  config = FLAGS.config
+  log = py_logging.getLogger("rnem_jax.main")
+  log.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(),
+               jax.devices())
+  if FLAGS.mode in ("train", "all"):
+    summary = train.train_and_evaluate(config, FLAGS.workdir)
+    log.info("training: %s", summary)
+  if FLAGS.mode in ("eval", "all"):
+    record = evaluate.evaluate(config, FLAGS.workdir)
+    log.info("test metrics: %s", {k: v for k, v in record.items() if k != "curves"})
+    if config.extrapolation.dataset and not config.eval.dataset:
+      ext = evaluate.evaluate(config, FLAGS.workdir, dataset=config.extrapolation.dataset,
+                              K=config.extrapolation.K, output="metrics_extrapolation.json")
+      log.info("extrapolation metrics: %s", {k: v for k, v in ext.items() if k != "curves"})
+  if FLAGS.mode in ("rollout", "all"):
+    record = evaluate.rollout(config, FLAGS.workdir)
+    log.info("rollout BCE per step: %s", [round(x, 2) for x in record["bce_per_step"]])
+
+
+if __name__ == "__main__":
+  app.run(main)
