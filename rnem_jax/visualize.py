@@ -1,0 +1,637 @@
+"""Figures and animations of a trained model (paper Figures 2-6) and a run comparison report.
+
+  python -m rnem_jax.visualize --config=configs/balls.py:small --workdir=DIR [--out=DIR/figures]
+  python -m rnem_jax.visualize --mode=report --runs=DIR_A,DIR_B,... --out=REPORT_DIR
+
+``--mode=panels`` (default) restores the best checkpoint of ``--workdir``, runs
+a few test sequences and writes ``panel.png`` (Figure 2 layout), ``panel_compact.png``
+(Figures 5/6 layout: truth, prediction, grouping), ``rollout.png`` (Figure 4
+left: ground truth vs 5 real + 10 simulated steps), ``rollout_bce.png`` (Figure 4
+right, when ``rollout.json`` exists; ``--runs`` adds other runs' curves) and
+``prediction.gif``, ``grouping.gif``, ``rollout.gif``.
+``--mode=report`` writes ``figure3.png`` and ``report.md`` from the runs'
+``metrics.json`` / ``metrics_extrapolation.json``; runs evaluated on different
+test sets, with different T, or with a K their own config does not prescribe
+are refused with a ValueError.
+
+Everything that draws is a pure function of arrays (returning a matplotlib
+``Figure`` or a uint8 array); the ``render_*``/``write_*`` functions do the I/O.
+Figures are built without pyplot (Agg canvas), so importing this module never
+changes the caller's matplotlib backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+REAL_COLOUR = (0.2, 0.6, 0.2)   # frame border of real (observed) rollout steps
+SIM_COLOUR = (0.85, 0.1, 0.1)   # ... and of simulated ones
+
+
+class SequenceView(NamedTuple):
+  """One sequence of an EM rollout, as numpy arrays (leading axis = step t).
+
+  Step t reads the noisy frame ``inputs[t]`` and predicts frame t+1, whose
+  clean version is ``truth[t]``.
+  """
+
+  inputs: np.ndarray   # [T, H, W, C] noisy frames fed to the network
+  psi: np.ndarray      # [T, K, H, W, C] per-component predictions of frame t+1
+  gamma: np.ndarray    # [T, K, H, W, 1] soft assignments (E-step on frame t+1)
+  alpha: np.ndarray    # [T, K, K] attention alpha_{k,i} of component k on i
+  truth: np.ndarray    # [T, H, W, C] clean frame t+1
+
+  @property
+  def prediction(self) -> np.ndarray:
+    """Total prediction sum_k gamma_k psi_k: [T, H, W, C]."""
+    return np.sum(self.gamma * self.psi, axis=1)
+
+
+def sequence_view(rollout, features, b: int = 0) -> SequenceView:
+  """Sequence ``b`` of an ``em.rollout(..., keep_outputs=True)`` result.
+
+  Args:
+    rollout: an ``em.Rollout`` with psi/gamma/alpha/inputs kept.
+    features: [T+1, B, H, W, C] the clean frames the rollout ran on.
+  """
+  if rollout.psi is None:
+    raise ValueError("the rollout has no per-step outputs: run em.rollout(keep_outputs=True)")
+  features = np.asarray(features)
+  T = rollout.psi.shape[0]
+  if features.ndim != 5 or features.shape[0] != T + 1:
+    raise ValueError(f"features must be [T+1={T + 1}, B, H, W, C]; got {features.shape}")
+  if not 0 <= b < features.shape[1]:
+    raise ValueError(f"sequence index {b} out of range for batch of {features.shape[1]}")
+  take = lambda a: np.asarray(a[:, b], np.float32)
+  return SequenceView(inputs=take(rollout.inputs), psi=take(rollout.psi),
+                      gamma=take(rollout.gamma), alpha=take(rollout.alpha),
+                      truth=np.asarray(features[1:, b], np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Images as arrays: [H, W, 3] floats in [0, 1].
+
+
+def component_colours(K: int) -> np.ndarray:
+  """[K, 3] RGB colours, component k drawn in colour k everywhere (tab10, then hsv)."""
+  if K < 1:
+    raise ValueError(f"K must be >= 1, got {K}")
+  base = [mcolors.to_rgb(c) for c in mcolors.TABLEAU_COLORS.values()]
+  if K > len(base):
+    base = [mcolors.hsv_to_rgb((k / K, 0.8, 0.9)) for k in range(K)]
+  return np.asarray(base[:K], np.float32)
+
+
+def grey(x: np.ndarray) -> np.ndarray:
+  """[..., H, W, C] intensities (C = 1 or 3) -> [..., H, W, 3]."""
+  x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
+  return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def colour_gamma(gamma: np.ndarray, colours: np.ndarray) -> np.ndarray:
+  """Soft assignments [..., K, H, W, 1] -> [..., H, W, 3]: each pixel mixes the K colours."""
+  return np.einsum("...khwc,kd->...hwd", np.asarray(gamma, np.float32), colours)
+
+
+def attention_overlay(psi: np.ndarray, alpha: np.ndarray, k: int,
+                      colours: np.ndarray) -> np.ndarray:
+  """Component k's prediction with alpha_{k,i} * psi_i drawn on it in colour i (paper §4.1).
+
+  Args:
+    psi: [K, H, W, C] predictions of one step; alpha: [K, K] attention.
+  Returns:
+    [H, W, 3].
+  """
+  K = psi.shape[0]
+  if alpha.shape != (K, K):
+    raise ValueError(f"alpha must be [K, K] = [{K}, {K}]; got {alpha.shape}")
+  base = grey(psi[k])
+  weights = np.asarray(alpha[k], np.float32).copy()
+  weights[k] = 0.0
+  lum = np.mean(grey(psi), axis=-1, keepdims=True) * weights[:, None, None, None]  # [K, H, W, 1]
+  strength = np.clip(np.sum(lum, axis=0), 0.0, 1.0)
+  tint = np.einsum("khwc,kd->hwd", lum, colours) / np.maximum(np.sum(lum, axis=0), 1e-6)
+  return base * (1.0 - strength) + tint * strength
+
+
+def framed(img: np.ndarray, colour, width: int = 1) -> np.ndarray:
+  """[H, W, 3] with a ``width``-pixel border of ``colour`` (drawn inside)."""
+  out = np.array(img, np.float32)
+  out[:width], out[-width:], out[:, :width], out[:, -width:] = colour, colour, colour, colour
+  return out
+
+
+def tile(rows: Sequence[Sequence[np.ndarray]], pad: int = 1, pad_value: float = 1.0,
+         scale: int = 1) -> np.ndarray:
+  """Grid of equally sized [H, W, 3] images -> one [R*(sH+pad)-pad, N*(sW+pad)-pad, 3] image."""
+  rows = [[np.kron(np.asarray(im, np.float32), np.ones((scale, scale, 1), np.float32))
+           for im in row] for row in rows]
+  h, w = rows[0][0].shape[:2]
+  n = max(len(r) for r in rows)
+  out = np.full((len(rows) * (h + pad) - pad, n * (w + pad) - pad, 3), pad_value, np.float32)
+  for r, row in enumerate(rows):
+    for c, im in enumerate(row):
+      if im.shape[:2] != (h, w):
+        raise ValueError(f"tile {r},{c} is {im.shape[:2]}, expected {(h, w)}")
+      out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = im
+  return out
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+  return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Figures.
+
+PANEL_ROWS = ("truth", "prediction", "gamma", "components", "input")
+COMPACT_ROWS = ("truth", "prediction", "gamma")
+
+
+def _grid_figure(rows: list[tuple[str, tuple, list[np.ndarray]]], col_labels: Sequence[str],
+                 title: str, xlabel: str, col_colours: Optional[Sequence] = None) -> Figure:
+  """One image per (row, column), row labels on the left (in the row's colour)."""
+  h, w = rows[0][2][0].shape[:2]
+  grid = tile([r[2] for r in rows])
+  tile_in = 0.5 if max(h, w) <= 48 else 0.85
+  n = len(col_labels)
+  left, bottom, top = 1.4, 0.45, 0.45
+  width = max(left + n * tile_in + 0.2, 5.5)
+  height = bottom + len(rows) * tile_in + top
+  fig = Figure(figsize=(width, height), dpi=100)
+  ax = fig.add_axes((left / width, bottom / height, n * tile_in / width,
+                     len(rows) * tile_in / height))
+  ax.imshow(grid, interpolation="nearest")
+  ax.set_yticks([r * (h + 1) + h / 2 for r in range(len(rows))])
+  ax.set_yticklabels([r[0] for r in rows], fontsize=8)
+  for label, (_, colour, _) in zip(ax.get_yticklabels(), rows):
+    label.set_color(colour)
+  ax.set_xticks([c * (w + 1) + w / 2 for c in range(n)])
+  ax.set_xticklabels(col_labels, fontsize=7)
+  if col_colours is not None:
+    for label, colour in zip(ax.get_xticklabels(), col_colours):
+      label.set_color(colour)
+  ax.tick_params(length=0)
+  for side in ax.spines.values():
+    side.set_visible(False)
+  ax.set_xlabel(xlabel, fontsize=8)
+  fig.suptitle(title, fontsize=9, y=1.0 - 0.08 / height)
+  return fig
+
+
+def panel_figure(seq: SequenceView, *, rows: Sequence[str] = PANEL_ROWS,
+                 steps: Optional[Sequence[int]] = None, attention: bool = True,
+                 title: str = "") -> Figure:
+  """Paper Figure 2 (all rows) or Figures 5/6 (``rows=COMPACT_ROWS``) for one sequence.
+
+  Rows (top to bottom, a subset of ``PANEL_ROWS`` in that order): ground truth
+  frame t+1, total prediction sum_k gamma_k psi_k, gamma coloured per component,
+  psi_k for every k (with alpha_{k,i} psi_i overlaid in component i's colour if
+  ``attention``), and the noisy input frame t. Columns: ``steps`` (default all).
+  """
+  T, K = seq.psi.shape[:2]
+  unknown = set(rows) - set(PANEL_ROWS)
+  if unknown:
+    raise ValueError(f"unknown panel rows {sorted(unknown)}; choose from {PANEL_ROWS}")
+  steps = list(range(T)) if steps is None else [int(t) for t in steps]
+  if not steps or min(steps) < 0 or max(steps) >= T:
+    raise ValueError(f"steps must be non-empty and within [0, {T}); got {steps}")
+  colours = component_colours(K)
+  black = (0.0, 0.0, 0.0)
+  out = []
+  if "truth" in rows:
+    out.append(("ground truth", black, [grey(seq.truth[t]) for t in steps]))
+  if "prediction" in rows:
+    pred = seq.prediction
+    out.append((r"$\sum_k \gamma_k \psi_k$", black, [grey(pred[t]) for t in steps]))
+  if "gamma" in rows:
+    out.append((r"$\gamma$", black, [colour_gamma(seq.gamma[t], colours) for t in steps]))
+  if "components" in rows:
+    for k in range(K):
+      if attention:
+        ims = [attention_overlay(seq.psi[t], seq.alpha[t], k, colours) for t in steps]
+      else:
+        ims = [grey(seq.psi[t, k]) for t in steps]
+      out.append((rf"$\psi_{{{k + 1}}}$", tuple(colours[k]), ims))
+  if "input" in rows:
+    out.append(("noisy input", black, [grey(seq.inputs[t]) for t in steps]))
+  return _grid_figure(out, [str(t) for t in steps], title or f"R-NEM, K={K}",
+                      "EM step t (input: frame t; other rows: frame t+1)")
+
+
+def rollout_figure(truths: Sequence[np.ndarray], models: dict[str, Sequence[np.ndarray]],
+                   num_real_steps: int, title: str = "") -> Figure:
+  """Paper Figure 4 (left): per sequence, ground truth then each model's rollout.
+
+  Args:
+    truths: per sequence [T, H, W, C], frame t+1 at step t.
+    models: model name -> per sequence [T, H, W, C] the total prediction
+      sum_k gamma psi of frame t+1 (steps >= num_real_steps are simulated).
+  """
+  rows = []
+  T = truths[0].shape[0]
+  for i, truth in enumerate(truths):
+    rows.append((f"seq {i}: truth", (0.0, 0.0, 0.0), [grey(x) for x in truth]))
+    for name, preds in models.items():
+      if preds[i].shape != truth.shape:
+        raise ValueError(f"{name} rollout {i} is {preds[i].shape}, truth {truth.shape}")
+      rows.append((f"seq {i}: {name}", (0.0, 0.0, 0.0), [grey(x) for x in preds[i]]))
+  col_colours = [REAL_COLOUR if t < num_real_steps else SIM_COLOUR for t in range(T)]
+  return _grid_figure(rows, [str(t + 1) for t in range(T)],
+                      title or f"{num_real_steps} real + {T - num_real_steps} simulated steps",
+                      "predicted frame (green: observed input, red: simulated)", col_colours)
+
+
+ROLLOUT_MATCH = ("dataset", "num_real_steps", "num_sim_steps", "num_sequences")
+
+
+def rollout_bce_figure(records: dict[str, dict], title: str = "") -> Figure:
+  """Paper Figure 4 (right): per-step rollout BCE of several models (``rollout.json`` records).
+
+  Raises ValueError if the records were not made on the same test set with the
+  same numbers of real and simulated steps.
+  """
+  _check_same(records, ROLLOUT_MATCH, "rollout curves")
+  first = next(iter(records.values()))
+  n_real = first["num_real_steps"]
+  fig = Figure(figsize=(5.5, 3.6), dpi=100)
+  ax = fig.add_subplot()
+  for name, rec in records.items():
+    y = rec["bce_per_step"]
+    ax.plot(np.arange(1, len(y) + 1), y, marker="o", ms=3, label=name)
+  base = first["baseline_bce_per_step"]
+  ax.plot(np.arange(1, len(base) + 1), base, ls=":", color="grey", label="copy last frame")
+  ax.axvline(n_real + 0.5, color="k", ls="--", lw=0.8)
+  ax.text(n_real + 0.6, ax.get_ylim()[1], " simulated", va="top", fontsize=8)
+  ax.set_xlabel("predicted frame")
+  ax.set_ylabel("BCE (summed over pixels)")
+  ax.set_title(title or f"rollout on {first['dataset']} ({first['num_sequences']} sequences)",
+               fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+# ---------------------------------------------------------------------------
+# Comparison report (paper Figure 3).
+
+METRICS_MATCH = ("dataset", "split", "T", "num_sequences", "protocol")
+TEST_SETS = (("test", "metrics.json", "em"), ("extrapolation", "metrics_extrapolation.json",
+                                                "extrapolation"))
+
+
+def _check_same(records: dict[str, dict], fields: Sequence[str], what: str) -> None:
+  if not records:
+    raise ValueError(f"no records to compare for {what}")
+  for field in fields:
+    values = {name: rec.get(field) for name, rec in records.items()}
+    if len(set(map(json.dumps, values.values()))) > 1:
+      raise ValueError(f"refusing to compare {what}: runs differ in {field!r} ({values}); "
+                       "compare only runs evaluated the same way")
+
+
+def check_comparable(runs: dict[str, dict], test_set: str) -> dict[str, dict]:
+  """The ``test_set`` records of ``runs`` that may share bars; ValueError if mismatched.
+
+  Args:
+    runs: label -> run (see ``load_run``).
+    test_set: 'test' or 'extrapolation'.
+  Returns:
+    label -> metrics record (runs without this test set left out).
+  Raises:
+    ValueError: the records differ in dataset, split, T, number of sequences or
+      protocol; or a record's K is not the K its run's config prescribes for
+      this test set (e.g. an R-NEM K=5 run scored with K=8 on the 4-ball set);
+      or two runs of the same model variant were scored with different K.
+  """
+  records = {name: run[test_set] for name, run in runs.items() if run.get(test_set)}
+  _check_same(records, METRICS_MATCH, f"{test_set} metrics")
+  by_model = {}
+  for name, rec in records.items():
+    want = runs[name].get(f"{test_set}_K")
+    if want is not None and rec["K"] != want:
+      raise ValueError(f"refusing to compare {test_set} metrics: run {name!r} was scored with "
+                       f"K={rec['K']} but its config prescribes K={want} for this test set")
+    by_model.setdefault(rec.get("model"), {})[name] = rec["K"]
+  for model, ks in by_model.items():
+    if len(set(ks.values())) > 1:
+      raise ValueError(f"refusing to compare {test_set} metrics: runs of model {model!r} "
+                       f"were scored with different K ({ks})")
+  return records
+
+
+def figure3(runs: dict[str, dict], suffix: str = "last10") -> Figure:
+  """Paper Figure 3: BCE and relational BCE relative to the copy baseline, and ARI.
+
+  Bars: one per run, for the 4-ball test set and the extrapolation test set
+  (6-8 balls). ``suffix``: 'last' or 'last10' (which steps the BCE averages).
+  ARI is ``ari_last``; it is left out for K = 1 models (one component groups nothing).
+  """
+  if suffix not in ("last", "last10"):
+    raise ValueError(f"suffix must be 'last' or 'last10', got {suffix!r}")
+  groups = [(ts, check_comparable(runs, ts)) for ts, _, _ in TEST_SETS
+            if any(run.get(ts) for run in runs.values())]
+  names = list(runs)
+  colours = component_colours(max(len(names), 1))
+  panels = [(f"bce_{suffix}_rel", f"BCE / copy baseline ({suffix})"),
+            (f"relational_bce_{suffix}_rel", f"relational BCE / baseline ({suffix})"),
+            ("ari_last", "ARI (last step)")]
+  fig = Figure(figsize=(12, 3.8), dpi=100)
+  axes = fig.subplots(1, 3)
+  width = 0.8 / max(len(names), 1)
+  for ax, (key, label) in zip(axes, panels):
+    for j, name in enumerate(names):
+      xs, ys = [], []
+      for g, (ts, records) in enumerate(groups):
+        rec = records.get(name)
+        if rec is None or key not in rec or (key.startswith("ari") and rec["K"] == 1):
+          continue
+        xs.append(g + (j - (len(names) - 1) / 2) * width)
+        ys.append(rec[key])
+      ax.bar(xs, ys, width, color=colours[j], label=name)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([_group_label(recs) for _, recs in groups], fontsize=8)
+    ax.set_title(label, fontsize=9)
+    if "bce" in key:
+      ax.axhline(1.0, color="grey", ls=":", lw=0.8)
+    else:
+      ax.set_ylim(0.0, 1.0)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def _group_label(records: dict[str, dict]) -> str:
+  rec = next(iter(records.values()))
+  return f"{rec['dataset'].split('/')[-1]}\n({rec['num_sequences']} seq, T={rec['T']})"
+
+
+def report_markdown(runs: dict[str, dict]) -> str:
+  """Markdown table of every run's metrics on each test set (same checks as ``figure3``)."""
+  cols = ["K", "bce_last", "bce_last_rel", "bce_last10_rel", "relational_bce_last10_rel",
+          "ari_seq", "ari_last"]
+  lines = []
+  for ts, _, _ in TEST_SETS:
+    if not any(run.get(ts) for run in runs.values()):
+      continue
+    records = check_comparable(runs, ts)
+    first = next(iter(records.values()))
+    lines += [f"### {ts}: {first['dataset']} ({first['split']}, {first['num_sequences']} "
+              f"sequences, T={first['T']})", "", f"Protocol: {first['protocol']}.", "",
+              "| run | step | " + " | ".join(cols) + " |",
+              "|---" * (len(cols) + 2) + "|"]
+    for name, rec in records.items():
+      cells = [_fmt(rec.get(c)) for c in cols]
+      lines.append(f"| {name} | {rec.get('checkpoint_step', '')} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+  if v is None:
+    return "n/a"
+  return str(v) if isinstance(v, int) else f"{v:.3f}"
+
+
+def load_run(workdir: str) -> dict:
+  """A run directory's records: ``test``/``extrapolation`` metrics, ``rollout`` and the
+  K its config prescribes for each test set (``test_K``, ``extrapolation_K``)."""
+  def read(name):
+    path = os.path.join(workdir, name)
+    if not os.path.isfile(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+  run = {"workdir": workdir, "rollout": read("rollout.json")}
+  config = read("config.json") or {}
+  for ts, filename, section in TEST_SETS:
+    run[ts] = read(filename)
+    run[f"{ts}_K"] = (config.get(section) or {}).get("K")
+  if run["test"] is None and run["extrapolation"] is None:
+    raise FileNotFoundError(f"{workdir} has no metrics.json: evaluate it first "
+                            "(python -m rnem_jax.main --mode=eval ...)")
+  return run
+
+
+def _labels(workdirs: Sequence[str], runs: list[dict]) -> list[str]:
+  """Model name and K per run; the directory name is added where those collide."""
+  def base(run):
+    rec = run["test"] or run["extrapolation"]
+    return f"{rec.get('model', '?')} K={rec['K']}"
+  names = [base(r) for r in runs]
+  return [f"{n} ({os.path.basename(os.path.normpath(w))})" if names.count(n) > 1 else n
+          for n, w in zip(names, workdirs)]
+
+
+def write_report(workdirs: Sequence[str], out_dir: str, suffix: str = "last10") -> dict:
+  """Writes ``figure3.png``, ``report.md`` (and ``rollout_bce.png`` if every run has
+  ``rollout.json``) for the runs in ``workdirs``; returns {name: path}."""
+  loaded = [load_run(w) for w in workdirs]
+  runs = dict(zip(_labels(workdirs, loaded), loaded))
+  os.makedirs(out_dir, exist_ok=True)
+  table = report_markdown(runs)   # checks before anything is written
+  fig = figure3(runs, suffix)
+  paths = {"figure3": os.path.join(out_dir, "figure3.png"),
+           "report": os.path.join(out_dir, "report.md")}
+  fig.savefig(paths["figure3"])
+  with open(paths["report"], "w") as f:
+    f.write("# Model comparison\n\nBCE ratios are model / copy-last-frame baseline "
+            "(lower is better); see rnem_jax.evaluate.\n\n![Figure 3](figure3.png)\n\n" + table)
+  rollouts = {n: r["rollout"] for n, r in runs.items() if r["rollout"]}
+  if len(rollouts) == len(runs):
+    paths["rollout_bce"] = os.path.join(out_dir, "rollout_bce.png")
+    rollout_bce_figure(rollouts).savefig(paths["rollout_bce"])
+  return paths
+
+
+# ---------------------------------------------------------------------------
+# Animations: lists of uint8 [H', W', 3] frames, one per step.
+
+
+def gif_scale(size: int, target: int = 128) -> int:
+  return max(1, target // size)
+
+
+def prediction_frames(seq: SequenceView) -> np.ndarray:
+  """[T, H', W', 3] uint8: noisy input | total prediction | ground truth, per step."""
+  s = gif_scale(seq.truth.shape[1])
+  pred = seq.prediction
+  return np.stack([to_uint8(tile([[grey(seq.inputs[t]), grey(pred[t]), grey(seq.truth[t])]],
+                                 pad=2, scale=s)) for t in range(len(pred))])
+
+
+def grouping_frames(seq: SequenceView, attention: bool = True) -> np.ndarray:
+  """[T, H', W', 3] uint8: gamma coloured | psi_1 .. psi_K (with attention overlays)."""
+  T, K = seq.psi.shape[:2]
+  colours = component_colours(K)
+  s = gif_scale(seq.truth.shape[1])
+  frames = []
+  for t in range(T):
+    comps = [framed(attention_overlay(seq.psi[t], seq.alpha[t], k, colours) if attention
+                    else grey(seq.psi[t, k]), colours[k]) for k in range(K)]
+    frames.append(to_uint8(tile([[colour_gamma(seq.gamma[t], colours)] + comps], pad=2,
+                                scale=s)))
+  return np.stack(frames)
+
+
+def rollout_frames(truth: np.ndarray, rollout: np.ndarray, num_real_steps: int) -> np.ndarray:
+  """[T, H', W', 3] uint8: ground truth | rollout, framed green (observed) or red (simulated)."""
+  s = gif_scale(truth.shape[1])
+  frames = []
+  for t in range(truth.shape[0]):
+    colour = REAL_COLOUR if t < num_real_steps else SIM_COLOUR
+    frames.append(to_uint8(tile([[framed(grey(truth[t]), (0.5, 0.5, 0.5)),
+                                  framed(grey(rollout[t]), colour)]], pad=2, scale=s)))
+  return np.stack(frames)
+
+
+def write_gif(path: str, frames: np.ndarray, fps: float = 4.0) -> str:
+  import imageio.v2 as imageio
+
+  imageio.mimsave(path, list(frames), duration=1000.0 / fps, loop=0)
+  return path
+
+
+# ---------------------------------------------------------------------------
+# From a checkpoint.
+
+
+def _test_batch(config, num_sequences: int, num_frames: int) -> dict:
+  from rnem_jax import data
+
+  data_dir = config.data_dir or None
+  dataset = config.rollout.dataset or config.dataset
+  data.ensure_built(dataset, data_dir)
+  batches = data.iterate_batches(dataset, "test", num_sequences, seed=0, num_frames=num_frames,
+                                 shuffle=False, num_epochs=1, drop_remainder=False,
+                                 shard_index=0, shard_count=1, data_dir=data_dir)
+  return next(iter(batches))
+
+
+def model_outputs(config, network, params, batch: dict, seed: int,
+                  num_real_steps: Optional[int] = None):
+  """``em.rollout`` with every per-step output kept, for a host batch."""
+  import jax
+  import jax.numpy as jnp
+
+  from rnem_jax import em
+
+  fn = jax.jit(lambda p, x, a, k: em.rollout(
+      network, p, x, k, K=config.em.K, noise_prob=config.em.noise_prob, actions=a,
+      num_real_steps=num_real_steps, e_step_distribution=config.em.e_step, keep_outputs=True))
+  actions = batch.get("actions")
+  return fn(params, jnp.asarray(batch["features"]),
+            None if actions is None else jnp.asarray(actions), jax.random.key(seed))
+
+
+def render_run(config, workdir: str, out_dir: str = "", *, num_sequences: int = 3,
+               compare: Sequence[str] = ()) -> dict:
+  """Writes every figure and animation of the run in ``workdir`` to ``out_dir``
+  (default ``workdir/figures``); returns {name: path}.
+
+  ``compare``: other run directories whose ``rollout.json`` curves join this
+  run's on ``rollout_bce.png``.
+  """
+  from rnem_jax import data, evaluate
+  from rnem_jax.model import build_network
+  from rnem_jax.train import make_mesh
+
+  out_dir = out_dir or os.path.join(workdir, "figures")
+  os.makedirs(out_dir, exist_ok=True)
+  network = build_network(config.model)
+  params, step = evaluate.restore_params(config, workdir, network, make_mesh())
+  info = data.dataset_info(config.rollout.dataset or config.dataset, config.data_dir or None)
+  n_real = config.rollout.num_real_steps
+  T_roll = min(n_real + config.rollout.num_sim_steps, info.num_frames - 1)
+  T = min(config.em.T, info.num_frames - 1)
+  batch = _test_batch(config, num_sequences, max(T, T_roll) + 1)
+  num_sequences = batch["features"].shape[1]
+  crop = lambda n: {k: v[:n + 1] for k, v in batch.items()}
+  title = f"{config.name} (step {step}) on {info.name}"
+  attention = config.model.cell == "rnem"
+  paths = {}
+
+  def save(name, fig):
+    paths[name] = os.path.join(out_dir, f"{name}.png")
+    fig.savefig(paths[name])
+
+  panel_batch = crop(T)
+  r = model_outputs(config, network, params, panel_batch, config.eval.seed)
+  seq = sequence_view(r, panel_batch["features"], 0)
+  save("panel", panel_figure(seq, attention=attention, title=title))
+  save("panel_compact", panel_figure(seq, rows=COMPACT_ROWS, title=title))
+  paths["prediction_gif"] = write_gif(os.path.join(out_dir, "prediction.gif"),
+                                      prediction_frames(seq))
+  paths["grouping_gif"] = write_gif(os.path.join(out_dir, "grouping.gif"),
+                                    grouping_frames(seq, attention))
+
+  roll_batch = crop(T_roll)
+  r = model_outputs(config, network, params, roll_batch, config.rollout.seed, n_real)
+  views = [sequence_view(r, roll_batch["features"], b) for b in range(num_sequences)]
+  save("rollout", rollout_figure([v.truth for v in views],
+                                 {config.name: [v.prediction for v in views]}, n_real,
+                                 title=f"{title}: {n_real} real + {T_roll - n_real} simulated"))
+  paths["rollout_gif"] = write_gif(os.path.join(out_dir, "rollout.gif"),
+                                   rollout_frames(views[0].truth, views[0].prediction, n_real))
+  dirs = [w for w in (workdir, *compare) if os.path.isfile(os.path.join(w, "rollout.json"))]
+  records = []
+  for w in dirs:
+    with open(os.path.join(w, "rollout.json")) as f:
+      records.append(json.load(f))
+  names = [f"{rec['model']} K={rec['K']}" for rec in records]
+  records = {f"{n} ({os.path.basename(os.path.normpath(w))})" if names.count(n) > 1 else n: rec
+             for n, w, rec in zip(names, dirs, records)}
+  if records:
+    save("rollout_bce", rollout_bce_figure(records))
+  log.info("wrote %s", ", ".join(sorted(paths.values())))
+  return paths
+
+
+def main(argv):
+  from absl import app, flags
+  from absl import logging as absl_logging
+
+  FLAGS = flags.FLAGS
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("rnem_jax").setLevel(logging.INFO)
+  if FLAGS.mode == "report":
+    if not FLAGS.runs:
+      raise app.UsageError("--mode=report needs --runs=DIR[,DIR...]")
+    paths = write_report(FLAGS.runs, FLAGS.out or "report", FLAGS.suffix)
+  else:
+    if FLAGS.config is None:
+      raise app.UsageError("--mode=panels needs --config")
+    paths = render_run(FLAGS.config, FLAGS.workdir, FLAGS.out, compare=FLAGS.runs or ())
+  for name, path in sorted(paths.items()):
+    print(f"{name}: {path}")
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+
+  flags.DEFINE_enum("mode", "panels", ["panels", "report"], "What to draw.")
+  flags.DEFINE_string("workdir", "", "Run directory holding the checkpoint (--mode=panels).")
+  flags.DEFINE_string("out", "", "Output directory (default WORKDIR/figures, or ./report).")
+  flags.DEFINE_list("runs", [], "Run directories to compare (report; extra rollout curves).")
+  flags.DEFINE_enum("suffix", "last10", ["last", "last10"], "Steps the report's BCE averages.")
+  config_flags.DEFINE_config_file("config", None, "Experiment config of --workdir.",
+                                  lock_config=True)
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,166 @@
+"""Every figure and animation renders from a tiny trained checkpoint; the report refuses mismatches."""
+
+import copy
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import load_config
+from rnem_jax import em, evaluate, train, visualize
+from rnem_jax.model import build_network, init_params
+
+N_SIM = 3  # simulated rollout steps (5 real + 3): enough to see both kinds, quick to compile
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir, compile_cache):
+  config = load_config("balls", "tiny", data_dir=data_dir, **{"rollout.num_sim_steps": N_SIM})
+  workdir = str(tmp_path_factory.mktemp("viz_run"))
+  train.train_and_evaluate(config, workdir)
+  evaluate.evaluate(config, workdir)
+  evaluate.rollout(config, workdir)
+  return config, workdir
+
+
+def _png_size(path):
+  with Image.open(path) as im:
+    assert im.format == "PNG"
+    return im.size
+
+
+def _gif(path):
+  with Image.open(path) as im:
+    assert im.format == "GIF"
+    return im.n_frames, im.size
+
+
+def test_render_run_writes_every_figure_and_animation(run, tmp_path):
+  config, workdir = run
+  out = str(tmp_path / "figs")
+  paths = visualize.render_run(config, workdir, out, num_sequences=2)
+  assert set(paths) == {"panel", "panel_compact", "rollout", "rollout_bce", "prediction_gif",
+                        "grouping_gif", "rollout_gif"}
+  T, K = config.em.T, config.em.K
+  # Figure 2 panel: truth, prediction, gamma, K components, input rows; T columns of 0.5 in.
+  w, h = _png_size(paths["panel"])
+  assert h == round(100 * (0.9 + (3 + K + 1) * 0.5)) and w == 550
+  w, h = _png_size(paths["panel_compact"])
+  assert h == round(100 * (0.9 + 3 * 0.5))
+  # Figure 4 strips: 2 sequences x (truth, model), 5 real + N_SIM simulated columns.
+  assert _png_size(paths["rollout"]) == (round(100 * (1.6 + (5 + N_SIM) * 0.5)),
+                                         round(100 * (0.9 + 4 * 0.5)))
+  assert _png_size(paths["rollout_bce"]) == (550, 360)
+  # GIFs: one frame per step; 32 px tiles scaled x4 with 2 px gaps.
+  assert _gif(paths["prediction_gif"]) == (T, (3 * 128 + 2 * 2, 128))
+  assert _gif(paths["grouping_gif"]) == (T, ((1 + K) * 128 + K * 2, 128))
+  assert _gif(paths["rollout_gif"]) == (5 + N_SIM, (2 * 128 + 2, 128))
+
+
+def test_curtain_panel_is_the_same_function(run, tmp_path, data_dir):
+  """Figure 5: the compact panel on curtain sequences (the balls model takes 32x32 frames too)."""
+  config, workdir = run
+  curtain = load_config("curtain", "tiny", data_dir=data_dir)
+  network = build_network(config.model)
+  params, _ = evaluate.restore_params(config, workdir, network, train.make_mesh())
+  batch = visualize._test_batch(curtain, 1, curtain.em.T + 1)
+  r = visualize.model_outputs(curtain, network, params, batch, seed=0)
+  seq = visualize.sequence_view(r, batch["features"])
+  fig = visualize.panel_figure(seq, rows=visualize.COMPACT_ROWS, steps=[0, 2, 4])
+  fig.savefig(tmp_path / "figure5.png")
+  assert _png_size(tmp_path / "figure5.png") == (550, 240)
+
+
+def test_space_invaders_panel_at_84px_with_actions(tmp_path):
+  """Figure 6 layout on the Atari network (84x84, K=4, actions), untrained: shapes only."""
+  config = load_config("atari", "tiny")
+  network = build_network(config.model)
+  params = init_params(network, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  T, K = 3, config.em.K
+  x = (rng.random((T + 1, 1, 84, 84, 1)) < 0.1).astype(np.float32)
+  actions = rng.integers(0, 6, (T + 1, 1)).astype(np.int32)
+  r = em.rollout(network, params, x, jax.random.key(1), K=K, actions=actions,
+                 keep_outputs=True)
+  seq = visualize.sequence_view(r, x)
+  visualize.panel_figure(seq, rows=visualize.COMPACT_ROWS).savefig(tmp_path / "fig6.png")
+  assert _png_size(tmp_path / "fig6.png") == (550, 345)
+  frames = visualize.grouping_frames(seq)
+  assert frames.shape == (T, 84, (1 + K) * 84 + 2 * K, 3) and frames.dtype == np.uint8
+
+
+def test_attention_overlay_colours_the_attended_component():
+  K, colours = 3, visualize.component_colours(3)
+  psi = np.zeros((K, 4, 4, 1), np.float32)
+  psi[1, 0, 0] = 1.0                                   # component 2 predicts one pixel
+  alpha = np.zeros((K, K), np.float32)
+  alpha[0, 1] = 1.0                                    # component 1 attends to component 2
+  img = visualize.attention_overlay(psi, alpha, 0, colours)
+  np.testing.assert_allclose(img[0, 0], colours[1], atol=1e-6)
+  np.testing.assert_allclose(img[1:], 0.0)
+  np.testing.assert_allclose(visualize.attention_overlay(psi, alpha, 2, colours), 0.0)
+  uniform = np.full((K, 2, 2, 1), 1.0 / K, np.float32)   # gamma: each pixel mixes all colours
+  np.testing.assert_allclose(visualize.colour_gamma(uniform, colours)[0, 0], colours.mean(0),
+                             atol=1e-6)
+
+
+def test_report_writes_figure3_and_table(run, tmp_path):
+  config, workdir = run
+  other = tmp_path / "rnn_em"
+  other.mkdir()
+  for name in ("metrics.json", "rollout.json", "config.json"):
+    rec = json.loads(open(os.path.join(workdir, name)).read())
+    if name != "config.json":
+      rec["model"] = "rnn_em_tiny"
+    (other / name).write_text(json.dumps(rec))
+  paths = visualize.write_report([workdir, str(other)], str(tmp_path / "report"))
+  assert _png_size(paths["figure3"]) == (1200, 380)
+  assert _png_size(paths["rollout_bce"]) == (550, 360)
+  table = open(paths["report"]).read()
+  assert "| rnem_tiny K=5 |" in table and "| rnn_em_tiny K=5 |" in table
+
+
+def _runs(**changes):
+  """Two synthetic runs' records; ``changes`` alter the second run's test record."""
+  rec = {"model": "rnem_small", "dataset": "bouncing_balls/balls4mass32_small", "split": "test",
+         "K": 5, "T": 15, "num_sequences": 500, "protocol": "p", "checkpoint_step": 10,
+         "bce_last10_rel": 0.5, "relational_bce_last10_rel": 0.4, "ari_last": 0.8}
+  a = {"test": rec, "extrapolation": None, "test_K": 5, "extrapolation_K": 8}
+  b = copy.deepcopy(a)
+  b["test"].update(model="rnn_em_small", **changes)
+  return {"a": a, "b": b}
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"dataset": "bouncing_balls/balls678mass32_small"}, "dataset"),
+    ({"T": 30}, "'T'"),
+    ({"num_sequences": 100}, "num_sequences"),
+    ({"K": 8}, "K=8"),
+])
+def test_report_refuses_mismatched_runs(changes, field, tmp_path):
+  runs = _runs(**changes)
+  with pytest.raises(ValueError, match=field):
+    visualize.figure3(runs)
+  with pytest.raises(ValueError, match="refusing"):
+    visualize.report_markdown(runs)
+
+
+def test_report_refuses_same_model_with_different_K():
+  runs = _runs(K=8)
+  runs["b"]["test"]["model"] = "rnem_small"
+  runs["b"]["test_K"] = 8                       # its config agrees, but the model is the same
+  with pytest.raises(ValueError, match="different K"):
+    visualize.check_comparable(runs, "test")
+  runs["b"]["test"]["model"] = "rnem_k8_small"  # R-NEM K=8 is its own model (paper Fig. 3)
+  assert set(visualize.check_comparable(runs, "test")) == {"a", "b"}
+
+
+def test_rollout_curves_refuse_different_horizons():
+  rec = {"model": "m", "dataset": "d", "K": 5, "num_real_steps": 5, "num_sim_steps": 10,
+         "num_sequences": 4, "bce_per_step": [1.0] * 15, "baseline_bce_per_step": [2.0] * 15}
+  other = dict(rec, num_sim_steps=20, bce_per_step=[1.0] * 25)
+  with pytest.raises(ValueError, match="num_sim_steps"):
+    visualize.rollout_bce_figure({"a": rec, "b": other})
