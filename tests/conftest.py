@@ -1,0 +1,40 @@
+"""Shared test fixtures: a session data directory, a compilation cache and config loading."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+  """A persistent XLA compilation cache shared by this process and the CLI subprocesses."""
+  path = os.environ.get("RNEM_TEST_COMPILE_CACHE") or str(tmp_path_factory.mktemp("xla_cache"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """Where the tiny datasets are built (once per session; $RNEM_TEST_DATA_DIR to keep them)."""
+  return os.environ.get("RNEM_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("rnem_data"))
+
+
+def load_config(name: str, variant: str = "tiny", **overrides):
+  """``configs/<name>.py:<variant>`` with dotted-field overrides, e.g. ``**{"em.K": 3}``."""
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config(variant)
+  for dotted, value in overrides.items():
+    *path, field = dotted.split(".")
+    node = cfg
+    for p in path:
+      node = node[p]
+    node[field] = value
+  return cfg

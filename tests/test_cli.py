@@ -1,0 +1,117 @@
+"""End-to-end: the real CLI trains, checkpoints, evaluates, resumes and survives SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+
+def _env(compile_cache):
+  env = dict(os.environ)
+  env["JAX_COMPILATION_CACHE_DIR"] = compile_cache
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  return env
+
+
+def _args(workdir, data_dir, *extra, config="configs/balls.py:tiny"):
+  return [sys.executable, "-m", "rnem_jax.main", f"--config={REPO / config}",
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}", *extra]
+
+
+def _run(args, env, timeout=600):
+  r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  assert r.returncode == 0, r.stderr[-4000:]
+  return r
+
+
+def _rows(workdir, kind="train"):
+  with open(os.path.join(workdir, "train_log.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def _steps(workdir, which):
+  d = os.path.join(workdir, "checkpoints", which)
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def test_train_eval_resume_through_the_cli(tmp_path, data_dir, compile_cache):
+  env, wd = _env(compile_cache), tmp_path / "run"
+  _run(_args(wd, data_dir, "--mode=train"), env)
+  assert _steps(wd, "latest") == [6]
+  assert len(_steps(wd, "best")) == 1
+  rows = _rows(wd)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert all(r["loss"] > 0 and "steps_per_s" in r for r in rows)
+  assert [r["step"] for r in _rows(wd, "valid")] == [3, 6]     # one epoch = 3 steps
+  assert os.listdir(wd / "tensorboard")
+
+  _run(_args(wd, data_dir, "--mode=eval"), env)
+  m = json.loads((wd / "metrics.json").read_text())
+  for key in ("bce_last", "bce_last10", "relational_bce_last", "relational_bce_last10",
+              "bce_last_rel", "relational_bce_last_rel", "ari_seq", "ari_last",
+              "confidence_seq", "confidence_last"):
+    assert key in m and m[key] == m[key], key
+  assert m["num_sequences"] == 16 and m["K"] == 5 and len(m["curves"]["bce"]) == 5
+  ext = json.loads((wd / "metrics_extrapolation.json").read_text())
+  assert ext["K"] == 8 and ext["dataset"].endswith("balls678mass32_tiny")
+
+  # a second invocation resumes: the step count continues instead of restarting
+  _run(_args(wd, data_dir, "--mode=train", "--config.train.max_steps=8"), env)
+  assert [r["step"] for r in _rows(wd)] == [1, 2, 3, 4, 5, 6, 7, 8]
+  assert _steps(wd, "latest") == [8]
+
+  _run(_args(wd, data_dir, "--mode=rollout"), env)
+  r = json.loads((wd / "rollout.json").read_text())
+  assert r["num_real_steps"] == 5 and len(r["bce_per_step"]) == 15
+
+
+def test_unknown_config_field_fails_loudly(tmp_path, data_dir, compile_cache):
+  r = subprocess.run(_args(tmp_path / "run", data_dir, "--config.train.learning_rte=1"),
+                     cwd=REPO, env=_env(compile_cache), capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode != 0
+  assert "learning_rte" in r.stderr
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_loses_only_steps_since_the_last_checkpoint(
+    tmp_path, data_dir, compile_cache):
+  env, wd = _env(compile_cache), tmp_path / "run"
+  args = _args(wd, data_dir, "--mode=train", "--config.train.max_steps=100000",
+               "--config.train.steps_per_epoch=100000", "--config.train.checkpoint_every=3")
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 400
+  try:
+    while time.time() < deadline:
+      ckpt_dir = wd / "checkpoints" / "latest"
+      if ckpt_dir.is_dir() and any(int(n) >= 6 for n in os.listdir(ckpt_dir) if n.isdigit()):
+        break
+      assert proc.poll() is None, proc.stderr.read()[-3000:]
+      time.sleep(0.2)
+    else:
+      pytest.fail("no checkpoint written in time")
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait()
+  killed_at = max(r["step"] for r in _rows(wd))
+  # only committed checkpoints carry a step name (orbax renames a finished temporary
+  # directory); the previous one may still be there if the kill came before its cleanup
+  last = _steps(wd, "latest")[-1]
+  assert 6 <= last <= killed_at
+  _run(_args(wd, data_dir, "--mode=train", f"--config.train.max_steps={last + 2}",
+             "--config.train.steps_per_epoch=100000"), env)
+  steps = [r["step"] for r in _rows(wd)]
+  # the resumed run continues right after the checkpoint: lost at most the steps since it
+  resumed = steps[steps.index(killed_at) + 1:]
+  assert resumed == [last + 1, last + 2]
+  assert killed_at - last <= 3 + 2
