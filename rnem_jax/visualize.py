@@ -212,7 +212,7 @@ def panel_figure(seq: SequenceView, *, rows: Sequence[str] = PANEL_ROWS,
     out.append(("ground truth", black, [grey(seq.truth[t]) for t in steps]))
   if "prediction" in rows:
     pred = seq.prediction
-    out.append((r"$\sum_k \gamma_k \psi_k$", black, [grey(pred[t]) for t in steps]))
+    out.append((r"$\Sigma_k\,\gamma_k\psi_k$", black, [grey(pred[t]) for t in steps]))
   if "gamma" in rows:
     out.append((r"$\gamma$", black, [colour_gamma(seq.gamma[t], colours) for t in steps]))
   if "components" in rows:
