@@ -6,14 +6,33 @@ non-batch axes with a per-channel gain/shift and epsilon 1e-12, TF 'SAME'
 padding, and decoder "deconvolutions" made of a nearest-neighbour resize with
 the legacy TF index rule ``src = floor(i * in / out)`` followed by a stride-1
 convolution.
+
+Convolutions have two implementations with the same maths (``conv_implementation``):
+``"xla"`` hands TF-SAME convolutions to ``lax.conv_general_dilated`` as written;
+``"fast"`` (the default) rewrites them so that only stride-1 convolutions remain,
+whose gradients XLA:CPU computes quickly (``rnem_jax/benchmark.py`` measures both):
+
+* a stride-s convolution is a stride-1 convolution of the space-to-depth
+  rearranged input (s*s*C channels) with the correspondingly rearranged kernel;
+  XLA:CPU differentiates strided convolutions with an input-dilated
+  convolution, which runs many times slower than a plain one;
+* a nearest-neighbour up-scaling by an integer factor f followed by a k x k
+  convolution is, per output phase (i mod f, j mod f), a small convolution of
+  the low-resolution input whose taps are sums of kernel taps ("sub-pixel"
+  convolution): the f*f phases are one convolution with f*f*C_out channels
+  followed by depth-to-space. The up-scaled image is never built, and it costs
+  about (ceil((k-1)/f)+1)^2 / k^2 of the multiply-adds (9/16 for k=4, f=2).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import contextlib
+from typing import Callable, Iterator, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 LN_EPSILON = 1e-12
 
@@ -88,6 +107,130 @@ class DenseLN(nn.Module):
     return activation(self.act)(y)
 
 
+CONV_IMPLEMENTATIONS = ("fast", "xla")
+_conv_impl = "fast"
+
+
+@contextlib.contextmanager
+def conv_implementation(name: str) -> Iterator[None]:
+  """Within the block, convolutions traced by ``conv2d`` use implementation ``name``.
+
+  Read at trace time: jit a function inside the block (a function already
+  compiled keeps the implementation it was traced with).
+  """
+  global _conv_impl
+  if name not in CONV_IMPLEMENTATIONS:
+    raise ValueError(f"unknown conv implementation {name!r}; choose one of {CONV_IMPLEMENTATIONS}")
+  previous, _conv_impl = _conv_impl, name
+  try:
+    yield
+  finally:
+    _conv_impl = previous
+
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """TF 'SAME' (low, high) padding of one spatial axis."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def _conv_valid(x: jnp.ndarray, kernel: jnp.ndarray, padding) -> jnp.ndarray:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS)
+
+
+def _space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
+  """TF-SAME stride-``stride`` convolution as a stride-1 one on space-to-depth blocks."""
+  n, h, w, c = x.shape
+  k = kernel.shape[0]
+  kb = -(-k // stride)  # kernel size in blocks
+  out = [-(-size // stride) for size in (h, w)]
+  pads = []
+  for size, o in zip((h, w), out):
+    lo, _ = same_padding(size, k, stride)
+    pads.append((lo, (o - 1 + kb) * stride - size - lo))
+  x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  hb, wb = x.shape[1] // stride, x.shape[2] // stride
+  x = x.reshape(n, hb, stride, wb, stride, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(n, hb, wb, stride * stride * c)
+  kernel = jnp.pad(kernel, ((0, kb * stride - k), (0, kb * stride - k), (0, 0), (0, 0)))
+  kernel = kernel.reshape(kb, stride, kb, stride, c, -1).transpose(0, 2, 1, 3, 4, 5)
+  kernel = kernel.reshape(kb, kb, stride * stride * c, -1)
+  return _conv_valid(x, kernel, "VALID")
+
+
+def _subpixel_taps(factor: int, k: int) -> tuple[np.ndarray, int, int]:
+  """0/1 ``S[phase, tap, offset]``: kernel tap ``tap`` of output phase ``phase`` reads
+  low-resolution offset ``offset + lo`` (TF-SAME padding at the high resolution)."""
+  pad_lo = same_padding(factor, k, 1)[0]
+  offset = [[(p + a - pad_lo) // factor for a in range(k)] for p in range(factor)]
+  lo, hi = offset[0][0], offset[-1][-1]
+  sel = np.zeros((factor, k, hi - lo + 1), np.float32)
+  for p in range(factor):
+    for a in range(k):
+      sel[p, a, offset[p][a] - lo] = 1.0
+  return sel, lo, hi
+
+
+def _upscale_conv(x: jnp.ndarray, kernel: jnp.ndarray, factor: int) -> jnp.ndarray:
+  """``conv_SAME(repeat(x, factor, axes 1, 2), kernel)`` as a sub-pixel convolution."""
+  n, h, w, c = x.shape
+  k, co = kernel.shape[0], kernel.shape[-1]
+  sel, lo, hi = _subpixel_taps(factor, k)
+  sel = jnp.asarray(sel, kernel.dtype)
+  sub = jnp.einsum("pad,qbe,abio->deipqo", sel, sel, kernel)
+  sub = sub.reshape(sub.shape[0], sub.shape[1], c, factor * factor * co)
+  y = _conv_valid(x, sub, [(-lo, hi), (-lo, hi)])
+  y = y.reshape(n, h, w, factor, factor, co).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(n, h * factor, w * factor, co)
+
+
+def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1,
+           resize_to: Optional[tuple[int, int]] = None) -> jnp.ndarray:
+  """TF-SAME convolution of ``x: [N, H, W, C]`` with ``kernel: [k, k, C, F]``, no bias.
+
+  ``resize_to`` first nearest-resizes ``x`` (``nearest_resize``). The
+  implementation follows ``conv_implementation``; all give the same result up
+  to float rounding.
+  """
+  if kernel.shape[0] != kernel.shape[1]:
+    raise ValueError(f"conv2d takes square kernels; got {kernel.shape}")
+  if _conv_impl == "fast":
+    if resize_to is not None:
+      h, w = x.shape[1:3]
+      f = resize_to[0] // h
+      if stride == 1 and resize_to[0] == f * h and resize_to[1] == f * w and f > 1:
+        return _upscale_conv(x, kernel, f)
+      x = nearest_resize(x, resize_to)
+    if stride > 1:
+      return _space_to_depth_conv(x, kernel, stride)
+    k = kernel.shape[0]
+    return _conv_valid(x, kernel, [same_padding(n, k, 1) for n in x.shape[1:3]])
+  if resize_to is not None:
+    x = nearest_resize(x, resize_to)
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
+                                      dimension_numbers=_DIMS)
+
+
+class Conv(nn.Module):
+  """``conv2d(x) + b`` with parameters ``kernel [k, k, C, F]`` and ``bias [F]`` (as ``nn.Conv``)."""
+
+  features: int
+  kernel: int
+  stride: int = 1
+  resize_to: Optional[tuple[int, int]] = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    kernel = self.param("kernel", glorot_uniform,
+                        (self.kernel, self.kernel, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return conv2d(x, kernel, self.stride, self.resize_to) + bias
+
+
 class ConvLN(nn.Module):
   """``act(LN(conv(x)))`` with TF 'SAME' padding; optional nearest resize first.
 
@@ -105,16 +248,7 @@ class ConvLN(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """``x: [N, H, W, C] -> [N, H', W', features]``."""
-    if self.resize_to is not None:
-      x = nearest_resize(x, self.resize_to)
-    y = nn.Conv(
-        self.features,
-        (self.kernel, self.kernel),
-        strides=(self.stride, self.stride),
-        padding="SAME",
-        kernel_init=glorot_uniform,
-        bias_init=nn.initializers.zeros,
-    )(x)
+    y = Conv(self.features, self.kernel, self.stride, self.resize_to)(x)
     if self.use_ln:
       y = layer_norm(y)
     return activation(self.act)(y)
