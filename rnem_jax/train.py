@@ -293,10 +293,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   mesh = make_mesh()
   validate_config(config, mesh.size)
+  network = build_network(config.model)
   data.ensure_built(config.dataset, _data_dir(config))
   info = data.dataset_info(config.dataset, _data_dir(config))
   check_data_fits_model(info, config)
-  network = build_network(config.model)
   os.makedirs(workdir, exist_ok=True)
   ckpts = Checkpoints(workdir)
   check_compatible(ckpts.restore_meta("latest"), config, workdir)

@@ -1,0 +1,120 @@
+"""The training loop's guarantees: determinism, clear errors, nothing lost, data parallelism."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, load_config
+from rnem_jax import train
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "train_log.jsonl")) as f:
+    return [r["loss"] for r in map(json.loads, f) if r["kind"] == "train"]
+
+
+def _listing(path):
+  return sorted((os.path.relpath(os.path.join(d, f), path), os.path.getmtime(os.path.join(d, f)))
+                for d, _, files in os.walk(path) for f in files)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir, compile_cache):
+  wd = str(tmp_path_factory.mktemp("trained"))
+  cfg = load_config("balls", data_dir=data_dir)
+  summary = train.train_and_evaluate(cfg, wd)
+  return wd, summary
+
+
+def test_same_seed_same_losses(trained, tmp_path, data_dir):
+  wd, summary = trained
+  assert summary["step"] == 6 and summary["stop_reason"] == "max_steps"
+  train.train_and_evaluate(load_config("balls", data_dir=data_dir), str(tmp_path))
+  np.testing.assert_array_equal(_losses(wd), _losses(tmp_path))
+
+
+def test_checkpoint_of_another_architecture_is_refused(trained, data_dir):
+  wd, _ = trained
+  before = _listing(wd + "/checkpoints")
+  cfg = load_config("balls", data_dir=data_dir, **{"model.cell": "lstm", "em.K": 1})
+  with pytest.raises(ValueError, match="different model"):
+    train.train_and_evaluate(cfg, wd)
+  assert _listing(wd + "/checkpoints") == before
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"em.K": 0}, "K must be >= 1"),
+    ({"train.batch_size": 0}, "multiple of the number of devices"),
+    ({"model.image_size": 64}, "cannot take this image size"),
+    ({"model.image_size": 30}, "multiple of 8"),
+    ({"em.T": 40}, "frames"),
+])
+def test_bad_configs_fail_before_writing(overrides, match, tmp_path, data_dir):
+  cfg = load_config("balls", data_dir=data_dir, **overrides)
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_batch_must_divide_over_devices(data_dir):
+  cfg = load_config("balls", data_dir=data_dir, **{"train.batch_size": 4})
+  with pytest.raises(ValueError, match=r"batch_size=4 must be a positive multiple .* \(3\)"):
+    train.validate_config(cfg, num_devices=3)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch,
+                                                            compile_cache):
+  real = train.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def wrapped(state, batch, key):
+      new_state, metrics = step(state, batch, key)
+      if int(new_state.step) >= 5:
+        metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+      return new_state, metrics
+    return wrapped
+
+  monkeypatch.setattr(train, "make_train_step", poisoned)
+  cfg = load_config("balls", data_dir=data_dir, **{"train.max_steps": 10})
+  with pytest.raises(FloatingPointError, match="at step 5.*step 4"):
+    train.train_and_evaluate(cfg, str(tmp_path))
+  latest = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints/latest") if n.isdigit())
+  assert latest == [4]
+  assert max(r for r in range(1, 5)) == len(_losses(tmp_path))
+
+
+def test_two_devices_give_the_same_loss_as_one():
+  script = textwrap.dedent("""
+      import os
+      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      import jax, jax.numpy as jnp, numpy as np
+      from rnem_jax import em, model as M, train
+      assert jax.device_count() == 2
+      net = M.build_network(M.default_model_config(
+          image_size=16, hidden=16, interaction_sizes=(16, 16, 16, 8)))
+      params = M.init_params(net, jax.random.key(0))
+      x = (jax.random.uniform(jax.random.key(1), (5, 4, 16, 16, 1)) < 0.2).astype(jnp.float32)
+      f = jax.jit(jax.value_and_grad(
+          lambda p, b: em.training_loss(net, p, b["features"], jax.random.key(2), K=3)[0]))
+      one = train.make_mesh(jax.devices()[:1])
+      two = train.make_mesh()
+      l1, g1 = f(train.replicate(params, one), train.shard_batch({"features": x}, one))
+      b2 = train.shard_batch({"features": x}, two)
+      assert len(b2["features"].sharding.device_set) == 2
+      l2, g2 = f(train.replicate(params, two), b2)
+      np.testing.assert_allclose(l1, l2, rtol=1e-5)
+      for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
+      print("OK", float(l1), float(l2))
+  """)
+  r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
