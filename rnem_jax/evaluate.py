@@ -136,7 +136,8 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
     keep = batch_size if not max_sequences else min(batch_size, max_sequences - count)
     batch, n = _pad(batch, batch_size)
     n = min(n, keep)
-    out = fn(params, shard_batch(batch, mesh), jax.random.fold_in(key, i))
+    out = fn(params, shard_batch(batch, mesh, same_on_every_process=True),
+             jax.random.fold_in(key, i))
     out = {k: np.asarray(v)[:, :n].astype(np.float64).sum(axis=1) for k, v in out.items()}
     sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
     count += n

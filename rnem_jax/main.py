@@ -15,6 +15,9 @@ from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", "/tmp/rnem_jax_run", "Run directory (checkpoints, logs, metrics).")
 flags.DEFINE_enum("mode", "all", ["train", "eval", "rollout", "all"], "What to run.")
+flags.DEFINE_bool("distributed", False,
+                  "Multi-host run: call jax.distributed.initialize() first (SLURM, TPU pods; "
+                  "see launch/README.md).")
 config_flags.DEFINE_config_file(
     "config", "configs/balls.py:small", "Experiment config file (see configs/).", lock_config=True)
 FLAGS = flags.FLAGS
@@ -25,6 +28,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
 
+  if FLAGS.distributed:
+    jax.distributed.initialize()
   from rnem_jax import evaluate, train
 
   # Our progress at INFO; the libraries' (orbax, TFDS) chatter only from WARNING up.

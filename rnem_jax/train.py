@@ -110,14 +110,17 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
+def shard_batch(batch: dict, mesh: Mesh, same_on_every_process: bool = False) -> dict:
   """Time-major host batch ``{k: [T+1, B_local, ...]}`` -> global arrays sharded on B.
 
-  Each process passes its own ``B_local`` sequences (multi-host); the global
-  batch is their concatenation.
+  By default each process passes its own ``B_local`` sequences (multi-host
+  training) and the global batch is their concatenation. With
+  ``same_on_every_process=True`` every process passes the whole batch
+  (evaluation reads every sequence in order) and each keeps its slice.
   """
   sharding = NamedSharding(mesh, P(None, "data"))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  return {k: jax.make_array_from_process_local_data(
+              sharding, np.asarray(v), np.shape(v) if same_on_every_process else None)
           for k, v in batch.items()}
 
 
