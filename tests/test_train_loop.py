@@ -118,3 +118,19 @@ def test_two_devices_give_the_same_loss_as_one():
   r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["curtain", "atari"])
+def test_curtain_and_atari_train_and_evaluate_through_the_same_code(name, tmp_path, data_dir,
+                                                                    compile_cache):
+  from rnem_jax import evaluate
+  cfg = load_config(name, data_dir=data_dir, **{"train.max_steps": 2, "eval.max_sequences": 4})
+  summary = train.train_and_evaluate(cfg, str(tmp_path))
+  assert summary["step"] == 2 and np.all(np.isfinite(_losses(tmp_path)))
+  record = evaluate.evaluate(cfg, str(tmp_path))
+  assert record["num_sequences"] == 4 and np.isfinite(record["bce_last"])
+  if name == "atari":
+    assert cfg.model.num_actions == 6 and cfg.em.K == 4
+    assert "ari_last" not in record              # no ground-truth groups in Space Invaders
+  else:
+    assert 0.0 <= record["confidence_last"] <= 1.0 and "relational_bce_last" in record
