@@ -46,7 +46,7 @@ _SMALL = (("train", 2_000), ("validation", 500), ("test", 500))
 _TINY = (("train", 32), ("validation", 16), ("test", 16))
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builder_utils.SimulatedBuilder):
     """Bouncing balls: 4 balls for training, 6-8 for the extrapolation test."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -67,11 +67,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         _config("balls678mass32_tiny", 32, 21, (6, 8), (("test", 16),), "6-8 balls, tests."),
     ]
 
-    def __init__(self, *, num_workers: int | None = None, **kwargs):
-        """``num_workers``: generation processes (default: all local cores)."""
-        self._num_workers = num_workers
-        super().__init__(**kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         return self.dataset_info_from_configs(
@@ -80,14 +75,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://github.com/sjoerdvansteenkiste/Relational-NEM",
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        del dl_manager
-        return {split: self._generate_examples(split, n) for split, n in
-                self.builder_config.split_sizes}
-
-    def _generate_examples(self, split: str, num_examples: int):
+    def example_fn(self):
         cfg = self.builder_config
-        yield from builder_utils.generate_split(
-            functools.partial(balls.generate_sequence, cfg.sim_config()),
-            num_examples=num_examples, split=split, seed=cfg.seed,
-            num_workers=self._num_workers, desc=cfg.name)
+        return functools.partial(balls.generate_sequence, cfg.sim_config())

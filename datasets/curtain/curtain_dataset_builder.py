@@ -42,7 +42,7 @@ def _config(name, image_size, num_frames, splits, description):
         curtain_size=20.0 * image_size / 64.0, split_sizes=splits)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builder_utils.SimulatedBuilder):
     """Three light balls; everything under a random square per sequence is invisible."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -62,11 +62,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 (("train", 32), ("validation", 16), ("test", 16)), "32x32, for tests."),
     ]
 
-    def __init__(self, *, num_workers: int | None = None, **kwargs):
-        """``num_workers``: generation processes (default: all local cores)."""
-        self._num_workers = num_workers
-        super().__init__(**kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         return self.dataset_info_from_configs(
@@ -75,14 +70,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://github.com/sjoerdvansteenkiste/Relational-NEM",
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        del dl_manager
-        return {split: self._generate_examples(split, n) for split, n in
-                self.builder_config.split_sizes}
-
-    def _generate_examples(self, split: str, num_examples: int):
+    def example_fn(self):
         cfg = self.builder_config
-        yield from builder_utils.generate_split(
-            functools.partial(balls.generate_sequence, cfg.sim_config()),
-            num_examples=num_examples, split=split, seed=cfg.seed,
-            num_workers=self._num_workers, desc=cfg.name)
+        return functools.partial(balls.generate_sequence, cfg.sim_config())

@@ -28,7 +28,7 @@ class AtariBuilderConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builder_utils.SimulatedBuilder):
     """84x84 binary frames (frame skip 4) with the action taken at each frame."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -46,11 +46,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                            split_sizes=(("train", 8), ("validation", 4), ("test", 4))),
     ]
 
-    def __init__(self, *, num_workers: int | None = None, **kwargs):
-        """``num_workers``: generation processes (default: all local cores)."""
-        self._num_workers = num_workers
-        super().__init__(**kwargs)
-
     def _info(self) -> tfds.core.DatasetInfo:
         t = self.builder_config.num_frames
         return self.dataset_info_from_configs(
@@ -62,15 +57,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://ale.farama.org/environments/space_invaders/",
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        del dl_manager
-        return {split: self._generate_examples(split, n) for split, n in
-                self.builder_config.split_sizes}
-
-    def _generate_examples(self, split: str, num_examples: int):
+    def example_fn(self):
         cfg = self.builder_config
-        yield from builder_utils.generate_split(
-            functools.partial(atari.generate_sequence, num_frames=cfg.num_frames,
-                              max_warmup_steps=cfg.max_warmup_steps),
-            num_examples=num_examples, split=split, seed=cfg.seed,
-            num_workers=self._num_workers, desc=cfg.name)
+        return functools.partial(atari.generate_sequence, num_frames=cfg.num_frames,
+                                 max_warmup_steps=cfg.max_warmup_steps)
