@@ -76,8 +76,8 @@ def test_conv_parameters_are_those_of_nn_conv():
   _assert_tree_close(want, got, rtol=0)
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_training_loss_and_gradients_match(remat):
+@pytest.mark.parametrize("unroll,remat", [(True, False), (1, False), (1, True)])
+def test_training_loss_and_gradients_match(unroll, remat):
   """The R-NEM training loss and its gradient w.r.t. every parameter, fast vs reference."""
   net = M.build_network(M.default_model_config(
       image_size=16, hidden=16, interaction_sizes=(16, 16, 16, 8)))
@@ -87,7 +87,7 @@ def test_training_loss_and_gradients_match(remat):
   def loss_and_grad(params):
     return jax.value_and_grad(
         lambda p: em.training_loss(net, p, features, jax.random.key(2), K=3, noise_prob=0.2,
-                                   unroll=True, remat=remat)[0])(params)
+                                   unroll=unroll, remat=remat)[0])(params)
 
   (want_loss, want_grad), (got_loss, got_grad) = _both(loss_and_grad, params)
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
