@@ -11,8 +11,8 @@
 # SHARED must be a directory every worker sees (a Filestore NFS share or a gcsfuse-mounted
 # bucket, mounted by you at the same path on all workers): run directories and datasets live
 # there, because orbax checkpoints are written by all processes. On TPU VMs
-# jax.distributed.initialize() needs no arguments (run by rnem_jax.main when
-# RNEM_DISTRIBUTED=1); config.train.batch_size must be a multiple of the number of TPU chips
+# jax.distributed.initialize() needs no arguments (run by `rnem_jax.main --distributed`);
+# config.train.batch_size must be a multiple of the number of TPU chips
 # (cores on v2/v3) of the slice.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${SHARED:?set SHARED (shared mount path)}"
@@ -34,7 +34,7 @@ case "$CMD" in
   train)  # datasets once (worker 0, all its cores), then training on all workers
     "${SSH[@]}" --worker=0 --command="$ENV; for n in $DATASETS; do \
       python -m rnem_jax.data build \$n || exit 1; done"
-    "${SSH[@]}" --worker=all --command="$ENV; RNEM_DISTRIBUTED=1 python -m rnem_jax.main \
+    "${SSH[@]}" --worker=all --command="$ENV; python -m rnem_jax.main --distributed \
       --config=$CONFIG --workdir=$SHARED/runs/$RUN --mode=train $EXTRA"
     ;;
   eval)   # single process on worker 0: metrics, simulation and figures
