@@ -24,6 +24,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from rnem_jax import data, em, metrics
 from rnem_jax.model import build_network, init_params
@@ -122,9 +124,11 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
   check_data_fits_model(info, config)
   if T + 1 > info.num_frames:
     raise ValueError(f"{T} steps need {T + 1} frames; {dataset} has {info.num_frames}")
+  # Replicated outputs: every process can read every sequence's metrics (multi-host).
   fn = jax.jit(lambda p, b, k: step_metrics(
       network, p, b, k, K=K, noise_prob=config.em.noise_prob, num_real_steps=num_real_steps,
-      num_groups=max(info.max_balls, 1), e_step_distribution=config.em.e_step))
+      num_groups=max(info.max_balls, 1), e_step_distribution=config.em.e_step),
+      out_shardings=NamedSharding(mesh, P()))
   sums, count = None, 0
   key = jax.random.key(seed)
   batches = data.iterate_batches(dataset, split, batch_size, seed=seed, num_frames=T + 1,
@@ -144,6 +148,14 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
   if not count:
     raise ValueError(f"{dataset}:{split} yielded no sequence")
   return {k: v / count for k, v in sums.items()}, count
+
+
+def _write_json(path: str, record: dict) -> None:
+  """Writes ``record`` (from process 0 only; every process computed the same numbers)."""
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(record, f, indent=2)
+    log.info("wrote %s", path)
 
 
 def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str = "",
@@ -176,10 +188,7 @@ def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str 
   if not output:
     same = dataset == config.dataset and K == config.em.K
     output = "metrics.json" if same else f"metrics_{dataset.split('/')[-1]}_K{K}.json"
-  path = os.path.join(workdir, output)
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
-  log.info("wrote %s", path)
+  _write_json(os.path.join(workdir, output), record)
   return record
 
 
@@ -205,8 +214,5 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
   }
   if "relational_bce" in curves:
     record["relational_bce_per_step"] = [float(x) for x in curves["relational_bce"]]
-  path = os.path.join(workdir, output)
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
-  log.info("wrote %s", path)
+  _write_json(os.path.join(workdir, output), record)
   return record

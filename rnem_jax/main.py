@@ -5,7 +5,8 @@
 
 ``train`` resumes from ``DIR`` if it holds a checkpoint; ``eval`` writes
 ``DIR/metrics.json`` (and the extrapolation test set's metrics when the config
-names one); ``rollout`` writes ``DIR/rollout.json``; ``all`` does the three.
+names one); ``rollout`` writes ``DIR/rollout.json``; ``all`` does the three; ``visualize``
+draws the paper's figures and GIFs into ``DIR/figures``.
 """
 
 import logging as py_logging
@@ -14,7 +15,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", "/tmp/rnem_jax_run", "Run directory (checkpoints, logs, metrics).")
-flags.DEFINE_enum("mode", "all", ["train", "eval", "rollout", "all"], "What to run.")
+flags.DEFINE_enum("mode", "all", ["train", "eval", "rollout", "visualize", "all"],
+                  "What to run (all = train, eval, rollout).")
 flags.DEFINE_bool("distributed", False,
                   "Multi-host run: call jax.distributed.initialize() first (SLURM, TPU pods; "
                   "see launch/README.md).")
@@ -30,7 +32,7 @@ def main(argv):
 
   if FLAGS.distributed:
     jax.distributed.initialize()
-  from rnem_jax import evaluate, train
+  from rnem_jax import evaluate, train, visualize
 
   # Our progress at INFO; the libraries' (orbax, TFDS) chatter only from WARNING up.
   logging.set_verbosity(logging.WARNING)
@@ -52,6 +54,8 @@ def main(argv):
   if FLAGS.mode in ("rollout", "all"):
     record = evaluate.rollout(config, FLAGS.workdir)
     log.info("rollout BCE per step: %s", [round(x, 2) for x in record["bce_per_step"]])
+  if FLAGS.mode == "visualize":
+    visualize.render_run(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

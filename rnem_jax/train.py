@@ -240,13 +240,17 @@ def _data_dir(config) -> Optional[str]:
 
 
 class _Logger:
-  """JSONL + TensorBoard (tensorboardX) writer for scalar metrics."""
+  """JSONL + TensorBoard (tensorboardX) writer for scalar metrics (process 0 only)."""
 
   def __init__(self, workdir: str):
-    self.jsonl = open(os.path.join(workdir, "train_log.jsonl"), "a")
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      self.jsonl = open(os.path.join(workdir, "train_log.jsonl"), "a")
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, kind: str, scalars: dict) -> None:
+    if not self.enabled:
+      return
     row = {"step": int(step), "kind": kind, "time": time.time()}
     row.update({k: float(v) for k, v in scalars.items()})
     self.jsonl.write(json.dumps(row) + "\n")
@@ -255,8 +259,9 @@ class _Logger:
       self.tb.add_scalar(f"{kind}/{k}", float(v), int(step))
 
   def close(self) -> None:
-    self.jsonl.close()
-    self.tb.close()
+    if self.enabled:
+      self.jsonl.close()
+      self.tb.close()
 
 
 def make_loss_fn(network, config, K: int, T: int):
@@ -314,8 +319,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = restored
     stopper = stopper.replace(**meta["early_stopping"])
     log.info("resumed from step %d in %s", int(state.step), workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   n_train = info.splits["train"]
   steps_per_epoch = config.train.steps_per_epoch or max(n_train // config.train.batch_size, 1)
