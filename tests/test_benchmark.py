@@ -19,7 +19,7 @@ def test_cli_writes_json_with_the_required_keys(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "rnem_jax.benchmark", "--model=rnem", "--batch=2", "--K=2", "--T=2",
        "--image_size=16", "--hidden=8", "--interaction_sizes=8,8,8,4", "--repeats=1",
-       "--matmul_size=128", f"--json={out}"],
+       "--matmul_size=128", "--unroll=1", f"--json={out}"],
       capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "train_step_s" in proc.stdout  # the table header

@@ -76,13 +76,13 @@ def test_conv_parameters_are_those_of_nn_conv():
   _assert_tree_close(want, got, rtol=0)
 
 
-@pytest.mark.parametrize("unroll,remat", [(True, False), (1, False), (1, True)])
+@pytest.mark.parametrize("unroll,remat", [(True, False), (1, True)])
 def test_training_loss_and_gradients_match(unroll, remat):
   """The R-NEM training loss and its gradient w.r.t. every parameter, fast vs reference."""
   net = M.build_network(M.default_model_config(
       image_size=16, hidden=16, interaction_sizes=(16, 16, 16, 8)))
   params = M.init_params(net, jax.random.key(0))
-  features = jax.random.bernoulli(jax.random.key(1), 0.2, (4, 2, 16, 16, 1)).astype(jnp.float32)
+  features = jax.random.bernoulli(jax.random.key(1), 0.2, (3, 2, 16, 16, 1)).astype(jnp.float32)
 
   def loss_and_grad(params):
     return jax.value_and_grad(
