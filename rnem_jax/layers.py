@@ -174,7 +174,8 @@ def _conv_stride1_bwd(padding, res, dy):
   if dy.shape[-1] >= x.shape[-1]:
     dk = _conv(xp.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), "VALID").transpose(1, 2, 0, 3)
   else:
-    dk = _conv(dy.transpose(3, 1, 2, 0), xp.transpose(1, 2, 0, 3), [(k[0] - 1,) * 2, (k[1] - 1,) * 2])
+    full = [(k[0] - 1,) * 2, (k[1] - 1,) * 2]
+    dk = _conv(dy.transpose(3, 1, 2, 0), xp.transpose(1, 2, 0, 3), full)
     dk = jnp.flip(dk, (1, 2)).transpose(1, 2, 3, 0)
   return dx, dk
 
