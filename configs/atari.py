@@ -28,8 +28,9 @@ def get_config(variant: str = ""):
       em={"all": {"T": 25, "noise_prob": 0.02}, "small": {"T": 10}, "tiny": {"T": 4}},
       train={
           "all": dict(batch_size=32),
-          "small": dict(batch_size=8, max_minutes=30.0, valid_size=200, valid_batch_size=25),
-          "tiny": dict(batch_size=2, max_steps=4, steps_per_epoch=2, valid_size=4,
+          "small": dict(batch_size=8, max_minutes=30.0, unroll=True, remat=False,
+                        valid_size=200, valid_batch_size=25),
+          "tiny": dict(batch_size=2, max_steps=4, remat=False, steps_per_epoch=2, valid_size=4,
                        valid_batch_size=2, log_every=1, checkpoint_every=2),
       },
   )

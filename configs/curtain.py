@@ -24,8 +24,9 @@ def get_config(variant: str = ""):
       image_size={"paper": 64, "small": 32, "tiny": 32},
       em={"small": {"T": 15}, "tiny": {"T": 5}},
       train={
-          "small": dict(batch_size=16, max_minutes=30.0, valid_size=500, valid_batch_size=50),
-          "tiny": dict(batch_size=4, max_steps=6, steps_per_epoch=3, valid_size=8,
+          "small": dict(batch_size=16, max_minutes=30.0, unroll=True, remat=False,
+                        valid_size=500, valid_batch_size=50),
+          "tiny": dict(batch_size=4, max_steps=6, remat=False, steps_per_epoch=3, valid_size=8,
                        valid_batch_size=4, log_every=1, checkpoint_every=2),
       },
   )
