@@ -236,7 +236,7 @@ def dataset_info(name: str, data_dir: Optional[str] = None) -> DatasetSummary:
 
     return DatasetSummary(name, (atari.SCREEN_SIZE,) * 2, cfg.num_frames, dict(cfg.split_sizes), 0,
                           atari.NUM_ACTIONS, ("features", "actions"))
-  max_balls = getattr(cfg, "max_balls", None) or cfg.num_balls
+  max_balls = cfg.max_balls
   return DatasetSummary(name, (cfg.image_size,) * 2, cfg.num_frames, dict(cfg.split_sizes),
                         max_balls, 0, _VIDEO_KEYS)
 

@@ -6,46 +6,23 @@ Build with ``python -m rnem_jax.data build bouncing_balls/<config>``.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import tensorflow_datasets as tfds
 from etils import epath
 
 from rnem_jax.sim import balls, builder_utils
 
 
-@dataclasses.dataclass(eq=False)
-class BallsBuilderConfig(tfds.core.BuilderConfig):
-  """Image size, sequence length, ball count, speed and split sizes of one config."""
-
-  image_size: int = 64
-  num_frames: int = 51
-  min_balls: int = 4
-  max_balls: int = 4
-  speed: float = 2.0
-  split_sizes: tuple[tuple[str, int], ...] = ()
-  seed: int = 0
-
-  def sim_config(self) -> balls.BallsConfig:
-    return balls.BallsConfig(image_size=self.image_size,
-                             num_frames=self.num_frames,
-                             min_balls=self.min_balls,
-                             max_balls=self.max_balls,
-                             speed=self.speed)
-
-
 def _config(name, image_size, num_frames, n_balls, splits, description):
   # Speed scales with the ball radius so motion in radii per frame is size-independent.
   speed = 2.0 * balls.default_light_radius(image_size) / 4.0
-  return BallsBuilderConfig(name=name,
-                            description=description,
-                            image_size=image_size,
-                            num_frames=num_frames,
-                            min_balls=n_balls[0],
-                            max_balls=n_balls[1],
-                            speed=speed,
-                            split_sizes=splits)
+  return builder_utils.BallsBuilderConfig(name=name,
+                                          description=description,
+                                          image_size=image_size,
+                                          num_frames=num_frames,
+                                          min_balls=n_balls[0],
+                                          max_balls=n_balls[1],
+                                          speed=speed,
+                                          split_sizes=splits)
 
 
 _FULL = (("train", 50_000), ("validation", 10_000), ("test", 10_000))
@@ -53,7 +30,7 @@ _SMALL = (("train", 2_000), ("validation", 500), ("test", 500))
 _TINY = (("train", 32), ("validation", 16), ("test", 16))
 
 
-class Builder(builder_utils.SimulatedBuilder):
+class Builder(builder_utils.BallsBuilder):
   """Bouncing balls: 4 balls for training, 6-8 for the extrapolation test."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -73,15 +50,3 @@ class Builder(builder_utils.SimulatedBuilder):
       _config("balls4mass32_tiny", 32, 21, (4, 4), _TINY, "4 balls, 32x32, for tests."),
       _config("balls678mass32_tiny", 32, 21, (6, 8), (("test", 16),), "6-8 balls, tests."),
   ]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        features=builder_utils.ball_features(cfg.num_frames, cfg.image_size),
-        disable_shuffling=True,
-        homepage="https://github.com/sjoerdvansteenkiste/Relational-NEM",
-    )
-
-  def example_fn(self):
-    cfg = self.builder_config
-    return functools.partial(balls.generate_sequence, cfg.sim_config())

@@ -6,49 +6,27 @@ Build with ``python -m rnem_jax.data build curtain/<config>``.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import tensorflow_datasets as tfds
 from etils import epath
 
 from rnem_jax.sim import balls, builder_utils
 
 
-@dataclasses.dataclass(eq=False)
-class CurtainBuilderConfig(tfds.core.BuilderConfig):
-  """Image size, sequence length, speed, curtain side and split sizes of one config."""
-
-  image_size: int = 64
-  num_frames: int = 51
-  num_balls: int = 3
-  speed: float = 2.0
-  curtain_size: float = 20.0
-  split_sizes: tuple[tuple[str, int], ...] = ()
-  seed: int = 0
-
-  def sim_config(self) -> balls.BallsConfig:
-    return balls.BallsConfig(image_size=self.image_size,
-                             num_frames=self.num_frames,
-                             min_balls=self.num_balls,
-                             max_balls=self.num_balls,
-                             heavy_probability=0.0,
-                             speed=self.speed,
-                             curtain_size=self.curtain_size)
-
-
 def _config(name, image_size, num_frames, splits, description):
   # Curtain (20 px at 64x64) scales with the image, speed with the ball radius.
-  return CurtainBuilderConfig(name=name,
-                              description=description,
-                              image_size=image_size,
-                              num_frames=num_frames,
-                              speed=2.0 * balls.default_light_radius(image_size) / 4.0,
-                              curtain_size=20.0 * image_size / 64.0,
-                              split_sizes=splits)
+  return builder_utils.BallsBuilderConfig(name=name,
+                                          description=description,
+                                          image_size=image_size,
+                                          num_frames=num_frames,
+                                          min_balls=3,
+                                          max_balls=3,
+                                          heavy_probability=0.0,
+                                          speed=2.0 * balls.default_light_radius(image_size) / 4.0,
+                                          curtain_size=20.0 * image_size / 64.0,
+                                          split_sizes=splits)
 
 
-class Builder(builder_utils.SimulatedBuilder):
+class Builder(builder_utils.BallsBuilder):
   """Three light balls; everything under a random square per sequence is invisible."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -67,15 +45,3 @@ class Builder(builder_utils.SimulatedBuilder):
       _config("balls3curtain32_tiny", 32, 21, (("train", 32), ("validation", 16), ("test", 16)),
               "32x32, for tests."),
   ]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        features=builder_utils.ball_features(cfg.num_frames, cfg.image_size, curtain=True),
-        disable_shuffling=True,
-        homepage="https://github.com/sjoerdvansteenkiste/Relational-NEM",
-    )
-
-  def example_fn(self):
-    cfg = self.builder_config
-    return functools.partial(balls.generate_sequence, cfg.sim_config())

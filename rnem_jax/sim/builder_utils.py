@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import multiprocessing
 import os
@@ -20,6 +21,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+
+from rnem_jax.sim import balls
 
 SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
 # Below this many examples the pool start-up costs more than it saves.
@@ -137,3 +140,43 @@ class SimulatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                               seed=cfg.seed,
                               num_workers=self._num_workers,
                               desc=cfg.name)
+
+
+@dataclasses.dataclass(eq=False)
+class BallsBuilderConfig(tfds.core.BuilderConfig):
+  """One bouncing-balls or curtain config (fields as in ``rnem_jax.sim.balls.BallsConfig``)."""
+
+  image_size: int = 64
+  num_frames: int = 51
+  min_balls: int = 4
+  max_balls: int = 4
+  heavy_probability: float = 0.5
+  speed: float = 2.0
+  curtain_size: Optional[float] = None
+  split_sizes: tuple[tuple[str, int], ...] = ()
+  seed: int = 0
+
+  def sim_config(self) -> balls.BallsConfig:
+    return balls.BallsConfig(image_size=self.image_size,
+                             num_frames=self.num_frames,
+                             min_balls=self.min_balls,
+                             max_balls=self.max_balls,
+                             heavy_probability=self.heavy_probability,
+                             speed=self.speed,
+                             curtain_size=self.curtain_size)
+
+
+class BallsBuilder(SimulatedBuilder, skip_registration=True):
+  """Base of the bouncing-balls and curtain builders: pymunk sequences of ``BallsBuilderConfig``."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    return self.dataset_info_from_configs(
+        features=ball_features(cfg.num_frames, cfg.image_size, curtain=cfg.curtain_size
+                               is not None),
+        disable_shuffling=True,
+        homepage="https://github.com/sjoerdvansteenkiste/Relational-NEM",
+    )
+
+  def example_fn(self):
+    return functools.partial(balls.generate_sequence, self.builder_config.sim_config())
