@@ -243,3 +243,17 @@ def test_parallel_generation_matches_serial():
   assert len(runs[0]) == len(runs[1]) == 80
   for a, b in zip(*runs):
     np.testing.assert_array_equal(a, b)
+
+
+def test_beam_build_writes_the_same_bytes_as_a_local_build(tmp_path):
+  pytest.importorskip("apache_beam")
+  name = "bouncing_balls/balls4mass32_tiny"
+  data.build(name, str(tmp_path / "local"), num_workers=1)
+  data.build(name, str(tmp_path / "beam"), beam_runner="DirectRunner")
+  for split in ("train", "validation", "test"):
+    a = data.load_source(name, split, str(tmp_path / "local"))
+    b = data.load_source(name, split, str(tmp_path / "beam"))
+    assert len(a) == len(b)
+    for i in range(len(a)):
+      for k in a[i]:
+        np.testing.assert_array_equal(a[i][k], b[i][k])

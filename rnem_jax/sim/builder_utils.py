@@ -119,9 +119,15 @@ class SimulatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ``_info`` and :meth:`example_fn`; their configs carry ``split_sizes`` and ``seed``.
     """
 
-  def __init__(self, *, num_workers: Optional[int] = None, **kwargs):
-    """``num_workers``: generation processes (default: all local cores)."""
+  def __init__(self, *, num_workers: Optional[int] = None, beam: bool = False, **kwargs):
+    """``num_workers``: generation processes (default: all local cores).
+
+    ``beam=True`` generates every split as an Apache Beam pipeline instead
+    (cluster-scale generation; pass a ``beam_runner`` to ``download_and_prepare``'s
+    download config). Example i gets the same seed, so the bytes are the same.
+    """
     self._num_workers = num_workers
+    self._beam = beam
     super().__init__(**kwargs)
 
   def example_fn(self) -> Callable[[np.random.SeedSequence], dict[str, Any]]:
@@ -130,7 +136,19 @@ class SimulatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager
-    return {split: self._generate_examples(split, n) for split, n in self.builder_config.split_sizes}
+    generate = self._beam_examples if self._beam else self._generate_examples
+    return {split: generate(split, n) for split, n in self.builder_config.split_sizes}
+
+  def _beam_examples(self, split: str, num_examples: int):
+    """The split as a Beam PTransform yielding ``(i, example)`` (seeds as in generate_split)."""
+    import apache_beam as beam  # optional dependency: pip install "rnem_jax[beam]"
+
+    fn, seed, split_index = self.example_fn(), self.builder_config.seed, SPLIT_INDEX[split]
+
+    def make(i):
+      return i, fn(np.random.SeedSequence([seed, split_index, i]))
+
+    return beam.Create(range(num_examples)) | beam.Map(make)
 
   def _generate_examples(self, split: str, num_examples: int):
     cfg = self.builder_config
