@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Reproduce the paper's bouncing-balls comparison at CPU scale (issue: reproduction).
+#
+# Every (model, seed) run trains in its own workdir under $RUNS and resumes from its
+# checkpoint, so the script can be stopped and started again across sittings; finished runs
+# (evaluated at the full step budget) are skipped. Then the runs are summarised into
+# $OUT/summary.json (mean, std and seed count per model and metric).
+#
+#   bash launch/reproduce_cpu.sh                       # everything, defaults below
+#   MODELS="rnem rnn_em" SEEDS="0 1 2" STEPS=6000 bash launch/reproduce_cpu.sh
+#   JOBS=2 bash launch/reproduce_cpu.sh                # two 1-thread runs side by side
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODELS=${MODELS:-"rnem rnem_k8 rnem_noatt rnn_em rnn lstm"}
+SEEDS=${SEEDS:-"0 1 2"}
+SCALE=${SCALE:-small}
+STEPS=${STEPS:-6000}
+T=${T:-20}
+JOBS=${JOBS:-2}
+RUNS=${RUNS:-$HOME/rnem_runs/cpu}
+OUT=${OUT:-results/cpu}
+DATA_DIR=${DATA_DIR:-${RNEM_DATA_DIR:-$HOME/tensorflow_datasets}}
+mkdir -p "$RUNS"
+
+run_one() {  # model seed
+  local wd="$RUNS/$1_s$2"
+  if [ -f "$wd/rollout.json" ] && [ -d "$wd/checkpoints/latest/$STEPS" ]; then
+    echo "[skip] $1 seed $2: done"; return 0
+  fi
+  echo "[run] $1 seed $2 -> $wd"
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+  python -m rnem_jax.main --config="configs/balls.py:$1,$SCALE" --workdir="$wd" --mode=all \
+      --config.seed="$2" --config.em.T="$T" --config.data_dir="$DATA_DIR" \
+      --config.train.max_steps="$STEPS" --config.train.max_minutes=0 \
+      > "$wd.log" 2>&1 || { echo "[fail] $1 seed $2: see $wd.log"; return 1; }
+}
+export -f run_one
+export RUNS STEPS T SCALE DATA_DIR
+
+# Build the datasets once, before parallel runs race to build them.
+python - "$SCALE" "$DATA_DIR" <<'PY'
+import importlib.util, sys
+from rnem_jax import data
+spec = importlib.util.spec_from_file_location("balls", "configs/balls.py")
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+cfg = m.get_config(sys.argv[1])
+for name in filter(None, [cfg.dataset, cfg.extrapolation.dataset]):
+  data.ensure_built(name, sys.argv[2])
+PY
+
+for m in $MODELS; do for s in $SEEDS; do echo "$m $s"; done; done \
+  | xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"'
+
+dirs=$(for m in $MODELS; do for s in $SEEDS; do echo -n "$RUNS/${m}_s$s,"; done; done)
+python -m rnem_jax.summarize --runs="$dirs" --out="$OUT/summary.json"
+python -m rnem_jax.visualize --mode=report --runs="${dirs%,}" --out="$OUT"
