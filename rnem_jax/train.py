@@ -266,14 +266,17 @@ class _Logger:
       self.tb.close()
 
 
-def make_loss_fn(network, config, K: int, T: int):
+def em_options(config) -> dict:
+  """The config's EM settings as keyword arguments of ``em.rollout``."""
+  return dict(noise_prob=config.em.noise_prob, e_step_distribution=config.em.e_step,
+              prior=config.em.prior, inter_weight=config.em.inter_weight)
+
+
+def make_loss_fn(network, config, K: int):
   """Jitted (params, batch, key) -> mean EM loss (forward only; validation)."""
   def fn(params, batch, key):
-    loss, _ = em.training_loss(network, params, batch["features"][: T + 1], key, K=K,
-                               actions=None if "actions" not in batch else batch["actions"][: T + 1],
-                               noise_prob=config.em.noise_prob,
-                               e_step_distribution=config.em.e_step, prior=config.em.prior,
-                               inter_weight=config.em.inter_weight)
+    loss, _ = em.training_loss(network, params, batch["features"], key, K=K,
+                               actions=batch.get("actions"), **em_options(config))
     return loss
   return jax.jit(fn)
 
@@ -330,11 +333,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   max_steps = config.train.max_steps or steps_per_epoch * config.train.max_epochs
   step = int(state.step)
   K, T = config.em.K, config.em.T
-  train_step = make_train_step(network, tx, K=K, noise_prob=config.em.noise_prob,
-                               unroll=config.train.unroll, remat=config.train.remat,
-                               e_step_distribution=config.em.e_step, prior=config.em.prior,
-                               inter_weight=config.em.inter_weight)
-  loss_fn = make_loss_fn(network, config, K, T)
+  train_step = make_train_step(network, tx, K=K, unroll=config.train.unroll,
+                               remat=config.train.remat, **em_options(config))
+  loss_fn = make_loss_fn(network, config, K)
   logger = _Logger(workdir)
 
   def meta_now(epoch: int) -> dict:
