@@ -20,6 +20,11 @@ small: 32x32, 4 balls, K=5, T=15, B=16, 30-minute wall-clock budget on a
   6-8 balls with K=8: ari_last 0.776, bce_last ratio 0.147
   (results/balls_small_rnem/).
 
+cpu: the CPU reproduction protocol (launch/reproduce_cpu.sh, results/cpu/):
+  balls4mass32_cpu (4 balls at 2 px/frame, collisions in ~25% of steps), T=20,
+  B=16, a fixed step budget (max_steps) instead of a wall-clock one; 6-8-ball
+  test set balls678mass32_cpu.
+
 tiny: a few steps on 32 sequences; seconds; used by the tests.
 """
 
@@ -34,15 +39,20 @@ def get_config(variant: str = ""):
           "paper_extrapolation": "bouncing_balls/balls678mass64",
           "small": "bouncing_balls/balls4mass32_small",
           "small_extrapolation": "bouncing_balls/balls678mass32_small",
+          "cpu": "bouncing_balls/balls4mass32_cpu",
+          "cpu_extrapolation": "bouncing_balls/balls678mass32_cpu",
           "tiny": "bouncing_balls/balls4mass32_tiny",
           "tiny_extrapolation": "bouncing_balls/balls678mass32_tiny",
       },
-      image_size={"paper": 64, "small": 32, "tiny": 32},
-      em={"small": {"T": 15}, "tiny": {"T": 5}},
+      image_size={"paper": 64, "small": 32, "cpu": 32, "tiny": 32},
+      em={"small": {"T": 15}, "cpu": {"T": 20}, "tiny": {"T": 5}},
       train={
           "small": dict(batch_size=16, max_minutes=30.0, unroll=True, remat=False,
                         valid_size=500, valid_batch_size=50,
                         checkpoint_every=100),
+          "cpu": dict(batch_size=16, max_steps=3000, unroll=True, remat=False, valid_size=500,
+                      valid_batch_size=50, checkpoint_every=100, steps_per_epoch=200,
+                      patience=1000),
           "tiny": dict(batch_size=4, max_steps=6, remat=False, steps_per_epoch=3, valid_size=8,
                        valid_batch_size=4, log_every=1, checkpoint_every=2),
       },

@@ -9,13 +9,19 @@
 #   bash launch/reproduce_cpu.sh                       # everything, defaults below
 #   MODELS="rnem rnn_em" SEEDS="0 1 2" STEPS=6000 bash launch/reproduce_cpu.sh
 #   JOBS=2 bash launch/reproduce_cpu.sh                # two 1-thread runs side by side
+#   RUN_LIST="rnem:0 rnn_em:0 rnn:0" bash launch/reproduce_cpu.sh   # explicit model:seed runs
+#   CONFIG=configs/curtain.py MODELS="rnem lstm rnn" SEEDS=0 OUT=results/cpu_curtain bash ...
+#
+# Runs go seed-major (every model's seed 0 first), so a partial sitting still covers every
+# model. Raising STEPS later resumes the finished runs from their checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODELS=${MODELS:-"rnem rnem_k8 rnem_noatt rnn_em rnn lstm"}
 SEEDS=${SEEDS:-"0 1 2"}
-SCALE=${SCALE:-small}
-STEPS=${STEPS:-6000}
+CONFIG=${CONFIG:-configs/balls.py}
+SCALE=${SCALE:-cpu}
+STEPS=${STEPS:-3000}
 T=${T:-20}
 JOBS=${JOBS:-2}
 RUNS=${RUNS:-$HOME/rnem_runs/cpu}
@@ -30,28 +36,31 @@ run_one() {  # model seed
   fi
   echo "[run] $1 seed $2 -> $wd"
   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-  python -m rnem_jax.main --config="configs/balls.py:$1,$SCALE" --workdir="$wd" --mode=all \
+  python -m rnem_jax.main --config="$CONFIG:$1,$SCALE" --workdir="$wd" --mode=all \
       --config.seed="$2" --config.em.T="$T" --config.data_dir="$DATA_DIR" \
       --config.train.max_steps="$STEPS" --config.train.max_minutes=0 \
       > "$wd.log" 2>&1 || { echo "[fail] $1 seed $2: see $wd.log"; return 1; }
 }
 export -f run_one
-export RUNS STEPS T SCALE DATA_DIR
+export RUNS STEPS T SCALE DATA_DIR CONFIG
+if [ -z "${RUN_LIST:-}" ]; then
+  RUN_LIST=$(for s in $SEEDS; do for m in $MODELS; do echo -n "$m:$s "; done; done)
+fi
 
 # Build the datasets once, before parallel runs race to build them.
-python - "$SCALE" "$DATA_DIR" <<'PY'
+python - "$SCALE" "$DATA_DIR" "$CONFIG" <<'PY'
 import importlib.util, sys
 from rnem_jax import data
-spec = importlib.util.spec_from_file_location("balls", "configs/balls.py")
+spec = importlib.util.spec_from_file_location("experiment", sys.argv[3])
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 cfg = m.get_config(sys.argv[1])
 for name in filter(None, [cfg.dataset, cfg.extrapolation.dataset]):
   data.ensure_built(name, sys.argv[2])
 PY
 
-for m in $MODELS; do for s in $SEEDS; do echo "$m $s"; done; done \
+for r in $RUN_LIST; do echo "${r%%:*} ${r##*:}"; done \
   | xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"'
 
-dirs=$(for m in $MODELS; do for s in $SEEDS; do echo -n "$RUNS/${m}_s$s,"; done; done)
+dirs=$(for r in $RUN_LIST; do echo -n "$RUNS/${r%%:*}_s${r##*:},"; done)
 python -m rnem_jax.summarize --runs="$dirs" --out="$OUT/summary.json"
 python -m rnem_jax.visualize --mode=report --runs="${dirs%,}" --out="$OUT"

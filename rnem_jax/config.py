@@ -7,7 +7,9 @@ scale, comma-separated, e.g. ``configs/balls.py:rnn_em,small``.
 Models (paper §4): ``rnem`` (default, K=5), ``rnem_k8``, ``rnem_noatt``,
 ``rnn_em`` (K=5), ``rnn`` (K=1), ``lstm`` (K=1).
 Scales: ``paper`` (default: 64x64, B=64, T=30), ``small`` (32x32, B=16, T=15,
-a CPU run of ~30 minutes), ``tiny`` (seconds; for tests).
+a CPU run of ~30 minutes), ``cpu`` (the CPU reproduction protocol: 32x32 at
+2 px/frame, B=16, T=20, a fixed step budget; see launch/reproduce_cpu.sh),
+``tiny`` (seconds; for tests).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ MODELS = {
     "rnn": ("rnn", 1, 1),
     "lstm": ("lstm", 1, 1),
 }
-SCALES = ("paper", "small", "tiny")
+SCALES = ("paper", "small", "cpu", "tiny")
 
 
 def parse_variant(variant: str) -> tuple[str, str]:
@@ -57,6 +59,9 @@ def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "
     train: same, for the ``train`` section.
   """
   model, scale = parse_variant(variant)
+  if scale not in datasets:
+    raise ValueError(f"scale {scale!r} is not defined for this config; it has "
+                     f"{[s for s in SCALES if s in datasets]}")
   cell, K, K_extrapolation = MODELS[model]
   c = ml_collections.ConfigDict()
   c.name = f"{model}_{scale}"

@@ -162,7 +162,8 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
             noise_prob: float = 0.2, actions: Optional[jnp.ndarray] = None,
             num_real_steps: Optional[int] = None, e_step_distribution: str = "bernoulli",
             prior: float = 0.0, inter_weight: float = 1.0, keep_outputs: bool = False,
-            unroll: Union[int, bool] = 1, remat: bool = False) -> Rollout:
+            unroll: Union[int, bool] = 1, remat: bool = False, simulate_input: bool = True,
+            simulate_gamma: bool = True) -> Rollout:
   """The full EM rollout over T = features.shape[0] - 1 steps as one ``lax.scan``.
 
   Args:
@@ -176,6 +177,10 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     num_real_steps: simulation (SPEC D7): from step N on, the input is the
       model's own soft reconstruction sum_k gamma psi and gamma comes from the
       thresholded max of psi instead of the true frame. ``None``: all real.
+    simulate_input, simulate_gamma: which half of the simulation to apply in the
+      simulated steps (both by default, as the reference). Switching one off is
+      a diagnostic: ``simulate_gamma=False`` keeps gamma from the true next
+      frame; ``simulate_input=False`` keeps the true (noisy) frame as input.
     keep_outputs: also return psi, gamma, alpha and the inputs per step.
     unroll: ``lax.scan`` unroll factor (``True`` = fully unrolled); see
       ``train.py`` for why training unrolls.
@@ -198,14 +203,14 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
   def step(carry, xs):
     state, psi, gamma = carry
     x_t, x_next, flip, sim, a_t = xs
-    if num_real_steps is not None:
+    if num_real_steps is not None and simulate_input:
       own = jnp.sum(gamma * psi, axis=1)
       x_t = jnp.where(sim, jax.lax.stop_gradient(own), x_t)
     x_in = bitflip(x_t, flip)
     u = masked_input(x_in, psi, gamma)
     state, psi, alpha = network.apply(params, u, state, a_t)
     gamma = e_step(x_next, psi, e_step_distribution)
-    if num_real_steps is not None:
+    if num_real_steps is not None and simulate_gamma:
       gamma = jnp.where(sim, simulated_e_step(psi), gamma)
     total, intra, inter = em_loss(psi, x_next, gamma, prior=prior, inter_weight=inter_weight)
     out = (total, intra, inter)

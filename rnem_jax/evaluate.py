@@ -40,21 +40,31 @@ CURVES = ("bce", "baseline_bce", "relational_bce", "baseline_relational_bce", "a
 
 def step_metrics(network, params, batch: dict, key, *, K: int, noise_prob: float,
                  num_real_steps: Optional[int] = None, num_groups: int = 16,
-                 e_step_distribution: str = "bernoulli") -> dict:
+                 e_step_distribution: str = "bernoulli", simulate_input: bool = True,
+                 simulate_gamma: bool = True) -> dict:
   """Per-step, per-sequence metrics of one batch: each value is ``[T, B]``.
 
   ``batch``: time-major ``features`` [T+1, B, H, W, 1] and optionally
   ``groups``, ``collisions`` (same shape) and ``actions`` [T+1, B].
+  With ``num_real_steps`` (a rollout) two reference curves are added:
+  ``held_bce``, the last real input frame (x_{N-1}) held for every later step, and
+  ``blank_bce``, an empty frame (what a model that lost its balls scores).
   """
   x = batch["features"]
   r = em.rollout(network, params, x, key, K=K, noise_prob=noise_prob,
                  actions=batch.get("actions"), num_real_steps=num_real_steps,
-                 e_step_distribution=e_step_distribution, keep_outputs=True)
+                 e_step_distribution=e_step_distribution, keep_outputs=True,
+                 simulate_input=simulate_input, simulate_gamma=simulate_gamma)
   per_step = metrics.per_step
   out = {
       "bce": per_step(metrics.upper_bound_bce)(r.psi, x[1:]),
       "baseline_bce": per_step(metrics.copy_baseline_bce)(x[:-1], x[1:]),
   }
+  if num_real_steps is not None:
+    T = x.shape[0] - 1
+    held = x[jnp.minimum(jnp.arange(T), max(num_real_steps - 1, 0))]
+    out["held_bce"] = per_step(metrics.copy_baseline_bce)(held, x[1:])
+    out["blank_bce"] = per_step(metrics.copy_baseline_bce)(jnp.zeros_like(x[1:]), x[1:])
   if "collisions" in batch:
     c = batch["collisions"][:-1]
     out["relational_bce"] = per_step(metrics.upper_bound_bce)(r.psi, x[1:], c)
@@ -113,7 +123,8 @@ def restore_params(config, workdir: str, network, mesh, which: str = "best"):
 
 def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: int, T: int,
                 batch_size: int, max_sequences: int, seed: int,
-                num_real_steps: Optional[int] = None) -> tuple[dict, int]:
+                num_real_steps: Optional[int] = None, simulate_input: bool = True,
+                simulate_gamma: bool = True) -> tuple[dict, int]:
   """Mean per-step curves over a whole split (every sequence exactly once)."""
   if batch_size % mesh.size:
     raise ValueError(f"eval batch size {batch_size} must be a multiple of the number of "
@@ -127,7 +138,8 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
   # Replicated outputs: every process can read every sequence's metrics (multi-host).
   fn = jax.jit(lambda p, b, k: step_metrics(
       network, p, b, k, K=K, noise_prob=config.em.noise_prob, num_real_steps=num_real_steps,
-      num_groups=max(info.max_balls, 1), e_step_distribution=config.em.e_step),
+      num_groups=max(info.max_balls, 1), e_step_distribution=config.em.e_step,
+      simulate_input=simulate_input, simulate_gamma=simulate_gamma),
       out_shardings=NamedSharding(mesh, P()))
   sums, count = None, 0
   key = jax.random.key(seed)
@@ -193,8 +205,14 @@ def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str 
 
 
 def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int = 0,
-            dataset: str = "", output: str = "rollout.json") -> dict:
-  """Simulation (SPEC D7): N real steps, then the model feeds itself; per-step BCE."""
+            dataset: str = "", output: str = "rollout.json", simulate_input: bool = True,
+            simulate_gamma: bool = True) -> dict:
+  """Simulation (SPEC D7): N real steps, then the model feeds itself; per-step BCE.
+
+  ``simulate_input``/``simulate_gamma``: see :func:`rnem_jax.em.rollout` (both
+  on = the reference protocol; the others are diagnostics, see
+  :func:`rollout_ablation`).
+  """
   mesh = make_mesh()
   network = build_network(config.model)
   n_real = num_real_steps or config.rollout.num_real_steps
@@ -205,14 +223,52 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
                               K=config.em.K, T=n_real + n_sim,
                               batch_size=config.rollout.batch_size,
                               max_sequences=config.rollout.max_sequences,
-                              seed=config.rollout.seed, num_real_steps=n_real)
+                              seed=config.rollout.seed, num_real_steps=n_real,
+                              simulate_input=simulate_input, simulate_gamma=simulate_gamma)
   record = {
       "model": config.name, "checkpoint_step": step, "dataset": dataset, "K": config.em.K,
       "num_real_steps": n_real, "num_sim_steps": n_sim, "num_sequences": count,
+      "simulate_input": simulate_input, "simulate_gamma": simulate_gamma,
       "bce_per_step": [float(x) for x in curves["bce"]],
       "baseline_bce_per_step": [float(x) for x in curves["baseline_bce"]],
+      "held_bce_per_step": [float(x) for x in curves["held_bce"]],
+      "blank_bce_per_step": [float(x) for x in curves["blank_bce"]],
   }
   if "relational_bce" in curves:
     record["relational_bce_per_step"] = [float(x) for x in curves["relational_bce"]]
+  _write_json(os.path.join(workdir, output), record)
+  return record
+
+
+# name -> (simulate_input, simulate_gamma)
+ROLLOUT_ABLATION = {
+    "simulated": (True, True),        # the reference protocol
+    "true_gamma": (True, False),      # own reconstruction as input, gamma from the true frame
+    "true_input": (False, True),      # true noisy frame as input, gamma from the threshold
+    "real": (False, False),           # no simulation: every step sees the data
+}
+
+
+def rollout_ablation(config, workdir: str, output: str = "rollout_ablation.json") -> dict:
+  """Which half of the simulation makes a rollout fail: the four combinations.
+
+  The reference simulation changes two things at once after the real steps:
+  the input becomes the model's own soft reconstruction, and gamma comes from
+  thresholding psi instead of the true next frame. Running each alone (same
+  data, noise and gamma0 as :func:`rollout`) separates a model that cannot
+  propagate its own predictions from one that relies on the true-frame gamma.
+  Writes ``{variant: bce_per_step}`` plus the reference curves.
+  """
+  records = {name: rollout(config, workdir, output=f"rollout_{name}.json", simulate_input=i,
+                           simulate_gamma=g) for name, (i, g) in ROLLOUT_ABLATION.items()}
+  for name in ROLLOUT_ABLATION:
+    path = os.path.join(workdir, f"rollout_{name}.json")
+    if jax.process_index() == 0 and os.path.exists(path):
+      os.remove(path)
+  first = records["simulated"]
+  record = {k: first[k] for k in ("model", "checkpoint_step", "dataset", "K", "num_real_steps",
+                                  "num_sim_steps", "num_sequences", "baseline_bce_per_step",
+                                  "held_bce_per_step", "blank_bce_per_step")}
+  record["bce_per_step"] = {name: r["bce_per_step"] for name, r in records.items()}
   _write_json(os.path.join(workdir, output), record)
   return record

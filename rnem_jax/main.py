@@ -6,7 +6,9 @@
 ``train`` resumes from ``DIR`` if it holds a checkpoint; ``eval`` writes
 ``DIR/metrics.json`` (and the extrapolation test set's metrics when the config
 names one); ``rollout`` writes ``DIR/rollout.json``; ``all`` does the three; ``visualize``
-draws the paper's figures and GIFs into ``DIR/figures``.
+draws the paper's figures and GIFs into ``DIR/figures``; ``rollout_ablation``
+writes ``DIR/rollout_ablation.json`` (the simulation with each of its two
+changes alone).
 """
 
 import logging as py_logging
@@ -15,8 +17,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", "/tmp/rnem_jax_run", "Run directory (checkpoints, logs, metrics).")
-flags.DEFINE_enum("mode", "all", ["train", "eval", "rollout", "visualize", "all"],
-                  "What to run (all = train, eval, rollout).")
+flags.DEFINE_enum("mode", "all",
+                  ["train", "eval", "rollout", "rollout_ablation", "visualize", "all"],
+                  "What to run (all = train, eval, rollout; rollout_ablation = the simulation "
+                  "diagnostic, see rnem_jax.evaluate.rollout_ablation).")
 flags.DEFINE_bool("distributed", False,
                   "Multi-host run: call jax.distributed.initialize() first (SLURM, TPU pods; "
                   "see launch/README.md).")
@@ -54,6 +58,10 @@ def main(argv):
   if FLAGS.mode in ("rollout", "all"):
     record = evaluate.rollout(config, FLAGS.workdir)
     log.info("rollout BCE per step: %s", [round(x, 2) for x in record["bce_per_step"]])
+  if FLAGS.mode == "rollout_ablation":
+    record = evaluate.rollout_ablation(config, FLAGS.workdir)
+    for name, curve in record["bce_per_step"].items():
+      log.info("rollout BCE per step (%s): %s", name, [round(x, 1) for x in curve])
   if FLAGS.mode == "visualize":
     visualize.render_run(config, FLAGS.workdir)
 

@@ -126,6 +126,19 @@ def test_rollout_outputs_and_simulation():
   np.testing.assert_allclose(s.inputs[2], jnp.sum(s.gamma[1] * s.psi[1], axis=1), rtol=1e-6)
   np.testing.assert_allclose(s.gamma[3], em.simulated_e_step(s.psi[3]), rtol=1e-6)
   assert not np.allclose(s.inputs[3], feats[3])
+  # each half of the simulation alone (the rollout-ablation diagnostic)
+  tg = em.rollout(net, params, feats, jax.random.key(0), K=3, noise_prob=0.0, num_real_steps=2,
+                  keep_outputs=True, simulate_gamma=False)
+  np.testing.assert_allclose(tg.inputs[3], jnp.sum(tg.gamma[2] * tg.psi[2], axis=1), rtol=1e-6)
+  np.testing.assert_allclose(tg.gamma[3], em.e_step(feats[4], tg.psi[3]), rtol=1e-6)
+  ti = em.rollout(net, params, feats, jax.random.key(0), K=3, noise_prob=0.0, num_real_steps=2,
+                  keep_outputs=True, simulate_input=False)
+  np.testing.assert_array_equal(ti.inputs, feats[:6])
+  np.testing.assert_allclose(ti.gamma[3], em.simulated_e_step(ti.psi[3]), rtol=1e-6)
+  neither = em.rollout(net, params, feats, jax.random.key(0), K=3, noise_prob=0.0,
+                       num_real_steps=2, keep_outputs=True, simulate_input=False,
+                       simulate_gamma=False)
+  np.testing.assert_allclose(neither.psi, r0.psi, rtol=1e-6)
 
 
 def test_unrolled_scan_matches_rolled():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import load_config
-from rnem_jax import em, evaluate, train, visualize
+from rnem_jax import data, em, evaluate, train, visualize
 from rnem_jax.model import build_network, init_params
 
 N_SIM = 3  # simulated rollout steps (5 real + 3): enough to see both kinds, quick to compile
@@ -164,3 +164,36 @@ def test_rollout_curves_refuse_different_horizons():
   other = dict(rec, num_sim_steps=20, bce_per_step=[1.0] * 25)
   with pytest.raises(ValueError, match="num_sim_steps"):
     visualize.rollout_bce_figure({"a": rec, "b": other})
+
+
+def test_rollout_ablation_and_reference_curves(run, data_dir):
+  config, workdir = run
+  rec = evaluate.rollout_ablation(config, workdir)
+  assert json.loads(open(os.path.join(workdir, "rollout_ablation.json")).read()) == rec
+  assert not [f for f in os.listdir(workdir) if f.startswith("rollout_") and "ablation" not in f]
+  curves = {k: np.asarray(v) for k, v in rec["bce_per_step"].items()}
+  assert set(curves) == set(evaluate.ROLLOUT_ABLATION)
+  n = rec["num_real_steps"]
+  for name in curves:   # same data, noise and gamma0: identical until the simulation starts
+    np.testing.assert_allclose(curves[name][:n], curves["real"][:n], rtol=1e-6)
+  assert not np.allclose(curves["simulated"][n + 1:], curves["real"][n + 1:])
+  # "real" is an ordinary evaluation over the same steps, seed and sequences
+  network = build_network(config.model)
+  mesh = train.make_mesh()
+  params, _ = evaluate.restore_params(config, workdir, network, mesh)
+  plain, _ = evaluate.run_metrics(config, params, network, mesh, dataset=config.dataset,
+                                  split="test", K=config.em.K, T=n + N_SIM,
+                                  batch_size=config.rollout.batch_size, max_sequences=0,
+                                  seed=config.rollout.seed)
+  np.testing.assert_allclose(curves["real"], plain["bce"], rtol=1e-5)
+  # reference curves by hand: every wrongly predicted pixel costs -log(1e-6) nats
+  x = np.concatenate([b["features"] for b in data.iterate_batches(
+      config.dataset, "test", 4, seed=0, num_frames=n + N_SIM + 1, shuffle=False, num_epochs=1,
+      drop_remainder=False, data_dir=data_dir)], axis=1).astype(np.float64)
+  nats = -np.log(1e-6)
+  blank = x[1:].reshape(n + N_SIM, x.shape[1], -1).sum(-1).mean(-1) * nats
+  np.testing.assert_allclose(rec["blank_bce_per_step"], blank, rtol=1e-4)
+  held = np.abs(x[1:] - x[n - 1][None]).reshape(n + N_SIM, x.shape[1], -1).sum(-1).mean(-1)
+  np.testing.assert_allclose(rec["held_bce_per_step"][n:], held[n:] * nats, rtol=1e-4)
+  np.testing.assert_allclose(rec["held_bce_per_step"][:n], rec["baseline_bce_per_step"][:n],
+                             rtol=1e-6)

@@ -12,9 +12,11 @@ from etils import epath
 from rnem_jax.sim import balls, builder_utils
 
 
-def _config(name, image_size, num_frames, n_balls, splits, description):
-  # Speed scales with the ball radius so motion in radii per frame is size-independent.
-  speed = 2.0 * balls.default_light_radius(image_size) / 4.0
+def _config(name, image_size, num_frames, n_balls, splits, description, speed=None):
+  # Speed scales with the ball radius so motion in radii per frame is size-independent,
+  # unless given (px / frame).
+  if speed is None:
+    speed = 2.0 * balls.default_light_radius(image_size) / 4.0
   return builder_utils.BallsBuilderConfig(name=name,
                                           description=description,
                                           image_size=image_size,
@@ -27,6 +29,7 @@ def _config(name, image_size, num_frames, n_balls, splits, description):
 
 _FULL = (("train", 50_000), ("validation", 10_000), ("test", 10_000))
 _SMALL = (("train", 2_000), ("validation", 500), ("test", 500))
+_CPU = (("train", 5_000), ("validation", 500), ("test", 500))
 _TINY = (("train", 32), ("validation", 16), ("test", 16))
 
 
@@ -47,6 +50,11 @@ class Builder(builder_utils.BallsBuilder):
       _config("balls678mass64_small", 64, 51, (6, 8), (("test", 500),), "6-8 balls, small."),
       _config("balls4mass32_small", 32, 51, (4, 4), _SMALL, "4 balls, 32x32 for CPU work."),
       _config("balls678mass32_small", 32, 51, (6, 8), (("test", 500),), "6-8 balls, 32x32."),
+      # The CPU reproduction protocol: 2 px/frame at 32x32 so that collisions are frequent.
+      _config("balls4mass32_cpu", 32, 31, (4, 4), _CPU,
+              "4 balls, 32x32, 2 px/frame: the CPU reproduction set.", speed=2.0),
+      _config("balls678mass32_cpu", 32, 31, (6, 8), (("test", 500),),
+              "6-8 balls, 32x32, 2 px/frame: the CPU extrapolation test set.", speed=2.0),
       _config("balls4mass32_tiny", 32, 21, (4, 4), _TINY, "4 balls, 32x32, for tests."),
       _config("balls678mass32_tiny", 32, 21, (6, 8), (("test", 16),), "6-8 balls, tests."),
   ]

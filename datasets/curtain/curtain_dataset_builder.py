@@ -12,7 +12,7 @@ from etils import epath
 from rnem_jax.sim import balls, builder_utils
 
 
-def _config(name, image_size, num_frames, splits, description):
+def _config(name, image_size, num_frames, splits, description, speed=None):
   # Curtain (20 px at 64x64) scales with the image, speed with the ball radius.
   return builder_utils.BallsBuilderConfig(name=name,
                                           description=description,
@@ -21,7 +21,8 @@ def _config(name, image_size, num_frames, splits, description):
                                           min_balls=3,
                                           max_balls=3,
                                           heavy_probability=0.0,
-                                          speed=2.0 * balls.default_light_radius(image_size) / 4.0,
+                                          speed=speed or
+                                          2.0 * balls.default_light_radius(image_size) / 4.0,
                                           curtain_size=20.0 * image_size / 64.0,
                                           split_sizes=splits)
 
@@ -42,6 +43,9 @@ class Builder(builder_utils.BallsBuilder):
               (("train", 2_000), ("validation", 500), ("test", 500)), "64x64, small."),
       _config("balls3curtain32_small", 32, 51,
               (("train", 2_000), ("validation", 500), ("test", 500)), "32x32 for CPU work."),
+      _config("balls3curtain32_cpu", 32, 31,
+              (("train", 5_000), ("validation", 500), ("test", 500)),
+              "32x32, 2 px/frame: the CPU reproduction set.", speed=2.0),
       _config("balls3curtain32_tiny", 32, 21, (("train", 32), ("validation", 16), ("test", 16)),
               "32x32, for tests."),
   ]

@@ -1,0 +1,56 @@
+"""Configs: every model at every scale loads; the CPU reproduction protocol's data is as specified."""
+
+import numpy as np
+import pytest
+
+from conftest import load_config
+from rnem_jax import config as config_lib
+from rnem_jax import data
+
+
+@pytest.mark.parametrize("name", ["balls", "curtain"])
+@pytest.mark.parametrize("scale", config_lib.SCALES)
+def test_every_model_loads_at_every_scale(name, scale):
+  for model, (_, K, _) in config_lib.MODELS.items():
+    cfg = load_config(name, f"{model},{scale}")
+    assert cfg.name == f"{model}_{scale}" and cfg.em.K == K
+    assert cfg.model.image_size == (64 if scale == "paper" else 32)
+
+
+def test_cpu_scale_is_the_reproduction_protocol():
+  cfg = load_config("balls", "rnem,cpu")
+  assert cfg.dataset == "bouncing_balls/balls4mass32_cpu"
+  assert cfg.extrapolation.dataset == "bouncing_balls/balls678mass32_cpu"
+  assert (cfg.em.T, cfg.train.batch_size, cfg.train.max_minutes) == (20, 16, 0.0)
+  assert cfg.train.max_steps > 0          # a step budget, the same for every model
+  assert cfg.train.patience > cfg.train.max_steps // cfg.train.steps_per_epoch  # no early stop
+  assert load_config("curtain", "lstm,cpu").dataset == "curtain/balls3curtain32_cpu"
+
+
+def test_scale_missing_from_a_config_is_a_clear_error():
+  with pytest.raises(ValueError, match="scale 'cpu' is not defined.*paper"):
+    load_config("atari", "rnem,cpu")
+  with pytest.raises(ValueError, match="unknown config variant"):
+    load_config("balls", "rnem,huge")
+
+
+@pytest.mark.parametrize("name,n_balls", [("bouncing_balls/balls4mass32_cpu", (4, 4)),
+                                          ("bouncing_balls/balls678mass32_cpu", (6, 8)),
+                                          ("curtain/balls3curtain32_cpu", (3, 3))])
+def test_cpu_datasets_move_2px_per_frame_with_frequent_collisions(name, n_balls):
+  from rnem_jax.sim import balls
+  dataset, config_name = name.split("/")
+  configs = {c.name: c for c in data.builder_class(dataset).BUILDER_CONFIGS}
+  sim = configs[config_name].sim_config()
+  assert (sim.image_size, sim.min_balls, sim.max_balls) == (32, *n_balls)
+  assert sim.num_frames >= 21 and sim.radius == 2.5   # T=20 and the 5+10 rollout fit
+  speeds, colliding = [], []
+  for i in range(40):
+    ex = balls.generate_sequence(sim, i)
+    speeds.append(np.linalg.norm(ex["velocities"][0], axis=-1))
+    c = ex["collisions"][:-1]
+    colliding.append(c.reshape(len(c), -1).any(-1).mean())
+  assert np.mean(np.concatenate(speeds)) == pytest.approx(2.0, rel=0.05)   # px / frame
+  if n_balls == (4, 4):
+    # the protocol asks for collisions in ~20% of the steps (1.25 px/frame gives ~16%)
+    assert 0.18 <= np.mean(colliding) <= 0.35
