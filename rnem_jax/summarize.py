@@ -2,12 +2,18 @@
 
 Each run directory holds ``config.json`` and what ``--mode=eval``/``rollout``
 wrote: ``metrics.json`` (test set), ``metrics_extrapolation.json`` (6-8 balls;
-its metrics get the suffix ``_678``) and ``rollout.json`` (per-step BCE, as
-``rollout_bce`` with per-step mean/std lists). Runs are grouped by the config's
+its metrics get the suffix ``_678``), ``rollout.json`` (per-step BCE, as
+``rollout_bce`` with per-step mean/std lists) and, where present,
+``rollout_ablation.json`` (as ``rollout_ablation``: variant -> mean/std
+lists). Runs are grouped by the config's
 ``name`` (``<model>_<scale>``); runs of one group scored on different datasets,
 T or K are refused rather than averaged.
 
-  python -m rnem_jax.summarize --runs=DIR1,DIR2,... --out=results/cpu/summary.json
+  python -m rnem_jax.summarize --runs=DIR1,DIR2,... --out=results/cpu/summary.json \
+      [--report_dir=results/cpu]
+
+``--report_dir`` also writes ``summary.md`` (mean ± std tables and the paper's
+claims checked against them), ``figure3_seeds.png`` and ``rollout_seeds.png``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ import numpy as np
 
 METRICS = ("bce_last", "bce_last10", "bce_last_rel", "bce_last10_rel", "relational_bce_last",
            "relational_bce_last10", "relational_bce_last_rel", "relational_bce_last10_rel",
-           "ari_seq", "ari_last", "confidence_last")
+           "ari_seq", "ari_last", "confidence_last", "baseline_bce_last",
+           "baseline_relational_bce_last")
+# Reference curves of rollout.json (data only, the same for every model).
+ROLLOUT_REFERENCES = (("baseline_bce_per_step", "copy last frame"),
+                      ("held_bce_per_step", "hold last observed frame"),
+                      ("blank_bce_per_step", "empty frame"))
 FILES = (("metrics.json", ""), ("metrics_extrapolation.json", "_678"))
 
 
@@ -67,13 +78,207 @@ def summarize(workdirs: Sequence[str]) -> dict:
           out[metric + suffix] = _stats(values)
     rollouts = [r for r in (_read(os.path.join(d, "rollout.json")) for d in dirs) if r]
     if rollouts:
-      curves = np.asarray([r["bce_per_step"] for r in rollouts], np.float64)
-      out["rollout_bce"] = {
-          "mean": curves.mean(0).tolist(),
-          "std": (curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])).tolist(),
-          "seeds": len(curves), "num_real_steps": rollouts[0]["num_real_steps"]}
+      _check_same(rollouts, name, "rollout.json")
+      out["rollout_bce"] = {**_curve_stats([r["bce_per_step"] for r in rollouts]),
+                            "num_real_steps": rollouts[0]["num_real_steps"]}
+      for key, _ in ROLLOUT_REFERENCES:
+        if key in rollouts[0]:
+          out.setdefault("rollout_references", {})[key] = rollouts[0][key]
+    ablations = [r for r in (_read(os.path.join(d, "rollout_ablation.json")) for d in dirs) if r]
+    if ablations:
+      _check_same(ablations, name, "rollout_ablation.json")
+      out["rollout_ablation"] = {
+          variant: _curve_stats([a["bce_per_step"][variant] for a in ablations])
+          for variant in ablations[0]["bce_per_step"]}
     summary[name] = out
   return summary
+
+
+def _curve_stats(curves: Sequence[Sequence[float]]) -> dict:
+  c = np.asarray(curves, np.float64)
+  std = c.std(0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1])
+  return {"mean": c.mean(0).tolist(), "std": std.tolist(), "seeds": int(len(c))}
+
+
+# ---------------------------------------------------------------------------
+# The report: tables and the paper's claims (paper §4; REFERENCE §8).
+
+MODEL_ORDER = ("rnem", "rnem_k8", "rnem_noatt", "rnn_em", "lstm", "rnn")
+LABELS = {"rnem": "R-NEM", "rnem_k8": "R-NEM K=8", "rnem_noatt": "R-NEM no att",
+          "rnn_em": "RNN-EM", "lstm": "LSTM", "rnn": "RNN"}
+
+
+def model_of(name: str) -> str:
+  """``"rnem_k8_cpu"`` -> ``"rnem_k8"`` (config names are ``<model>_<scale>``)."""
+  return name.rsplit("_", 1)[0] if "_" in name else name
+
+
+def ordered(summary: dict) -> list[str]:
+  """Config names of ``summary`` in the paper's model order (unknown models last)."""
+  rank = lambda n: (MODEL_ORDER.index(model_of(n)) if model_of(n) in MODEL_ORDER else 99, n)
+  return sorted(summary, key=rank)
+
+
+def label(name: str) -> str:
+  return LABELS.get(model_of(name), name)
+
+
+def _pm(stat: Optional[dict], digits: int = 1) -> str:
+  if not stat:
+    return "–"
+  if stat["seeds"] > 1:
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+  return f"{stat['mean']:.{digits}f}"
+
+
+def metrics_table(summary: dict, suffix: str = "") -> list[str]:
+  """Markdown rows: absolute BCEs beside their ratio to the copy baseline, and ARI."""
+  rows = ["| model | seeds | BCE last | / baseline | relational BCE last | / baseline | "
+          "ARI seq | ARI last |", "|---|---|---|---|---|---|---|---|"]
+  for name in ordered(summary):
+    m = summary[name]
+    if f"bce_last{suffix}" not in m:
+      continue
+    ari = lambda k: _pm(m.get(k + suffix), 3) if not model_of(name) in ("rnn", "lstm") else "–"
+    rows.append(f"| {label(name)} | {m['bce_last' + suffix]['seeds']} | "
+                f"{_pm(m.get('bce_last' + suffix))} | {_pm(m.get('bce_last_rel' + suffix), 3)} | "
+                f"{_pm(m.get('relational_bce_last' + suffix), 2)} | "
+                f"{_pm(m.get('relational_bce_last_rel' + suffix), 3)} | "
+                f"{ari('ari_seq')} | {ari('ari_last')} |")
+  first = next((summary[n] for n in ordered(summary) if f"baseline_bce_last{suffix}" in summary[n]),
+               None)
+  if first:
+    rows += ["", f"Copy-last-frame baseline: BCE {first['baseline_bce_last' + suffix]['mean']:.1f}, "
+             f"relational BCE {first['baseline_relational_bce_last' + suffix]['mean']:.2f} "
+             "(the same test data for every model)."]
+  return rows
+
+
+def rollout_table(summary: dict, steps: Sequence[int] = (1, 5, 6, 8, 10, 15)) -> list[str]:
+  """Markdown rows: per-step rollout BCE (1-based predicted frame) mean ± std."""
+  names = [n for n in ordered(summary) if "rollout_bce" in summary[n]]
+  if not names:
+    return []
+  n_steps = len(summary[names[0]]["rollout_bce"]["mean"])
+  steps = [s for s in steps if s <= n_steps]
+  n_real = summary[names[0]]["rollout_bce"]["num_real_steps"]
+  head = [f"{s}{' (sim)' if s > n_real else ''}" for s in steps]
+  rows = ["| model | seeds | " + " | ".join(head) + " |", "|---" * (len(steps) + 2) + "|"]
+  for name in names:
+    r = summary[name]["rollout_bce"]
+    cells = [_pm({"mean": r["mean"][s - 1], "std": r["std"][s - 1], "seeds": r["seeds"]}, 0)
+             for s in steps]
+    rows.append(f"| {label(name)} | {r['seeds']} | " + " | ".join(cells) + " |")
+  for key, text in ROLLOUT_REFERENCES:
+    ref = summary[names[0]].get("rollout_references", {}).get(key)
+    if ref:
+      rows.append(f"| *{text}* | | " + " | ".join(f"{ref[s - 1]:.0f}" for s in steps) + " |")
+  return rows
+
+
+def _find(summary: dict, model: str) -> Optional[dict]:
+  return next((summary[n] for n in summary if model_of(n) == model), None)
+
+
+def _compare(summary: dict, better: str, worse: str, metric: str) -> Optional[tuple[bool, str]]:
+  """Is ``better``'s mean ``metric`` lower than ``worse``'s? With the gap in units of spread."""
+  a, b = _find(summary, better), _find(summary, worse)
+  if not a or not b or metric not in a or metric not in b:
+    return None
+  ma, mb = a[metric], b[metric]
+  gap = mb["mean"] - ma["mean"]
+  spread = float(np.hypot(ma["std"], mb["std"]))
+  if ma["seeds"] > 1 and mb["seeds"] > 1 and spread > 0:
+    strength = f"gap {gap:+.3g} = {gap / spread:+.1f}σ"
+  else:
+    strength = f"gap {gap:+.3g} (no spread: 1 seed)"
+  return gap > 0, (f"{LABELS[better]} {_pm(ma, 3)} vs {LABELS[worse]} {_pm(mb, 3)}; {strength}")
+
+
+def claims(summary: dict) -> list[tuple[str, Optional[bool], str]]:
+  """The paper's bouncing-balls claims, each ``(claim, holds (None = not run), evidence)``."""
+  out = []
+
+  def lower(claim, better, worse, metric):
+    c = _compare(summary, better, worse, metric)
+    out.append((claim, None, "not run") if c is None else (claim, c[0], c[1]))
+
+  for other in ("rnn_em", "lstm", "rnn"):
+    lower(f"1. 4 balls: R-NEM BCE/baseline < {LABELS[other]}", "rnem", other, "bce_last_rel")
+    lower(f"1. 4 balls: R-NEM relational BCE/baseline < {LABELS[other]}", "rnem", other,
+          "relational_bce_last_rel")
+  r = _find(summary, "rnem")
+  if r and "ari_last" in r:
+    ok = r["ari_last"]["mean"] >= 0.75
+    out.append(("2. R-NEM (K=5) ARI last ≈ 0.8 (≥ 0.75)", ok, f"R-NEM {_pm(r['ari_last'], 3)}"))
+  c = _compare(summary, "rnem", "rnem_k8", "ari_last")   # K=5 lower ARI is the claim
+  out.append(("2. R-NEM K=8 ARI last > R-NEM K=5", None, "not run") if c is None else
+             ("2. R-NEM K=8 ARI last > R-NEM K=5", c[0], c[1]))
+  lower("2. R-NEM K=8 relational BCE/baseline < R-NEM K=5", "rnem_k8", "rnem",
+        "relational_bce_last_rel")
+  for other in ("rnn_em", "lstm", "rnn", "rnem_noatt"):
+    lower(f"3. 6-8 balls: R-NEM BCE/baseline < {LABELS[other]}", "rnem", other,
+          "bce_last_rel_678")
+  degr = {m: s["bce_last_rel_678"]["mean"] / s["bce_last_rel"]["mean"]
+          for m, s in ((m, _find(summary, m)) for m in MODEL_ORDER)
+          if s and "bce_last_rel_678" in s and "bce_last_rel" in s}
+  if "lstm" in degr and len(degr) > 1:
+    worst = max(degr, key=degr.get)
+    out.append(("3. LSTM degrades most from 4 to 6-8 balls (BCE/baseline ratio 6-8 ÷ 4)",
+                worst == "lstm", ", ".join(f"{LABELS[m]} {v:.2f}" for m, v in degr.items())))
+  for better, worse in (("rnem", "rnn_em"), ("rnn_em", "rnn"), ("rnem", "rnn")):
+    a, b = _find(summary, better), _find(summary, worse)
+    if not a or not b or "rollout_bce" not in a or "rollout_bce" not in b:
+      out.append((f"4. rollout: {LABELS[better]} < {LABELS[worse]} at every step", None,
+                  "not run"))
+      continue
+    n_real = a["rollout_bce"]["num_real_steps"]
+    ma, mb = np.asarray(a["rollout_bce"]["mean"]), np.asarray(b["rollout_bce"]["mean"])
+    wins = int(np.sum(ma[n_real:] < mb[n_real:]))
+    out.append((f"4. rollout: {LABELS[better]} < {LABELS[worse]} at every simulated step",
+                wins == len(ma) - n_real,
+                f"lower at {wins} of {len(ma) - n_real} simulated steps; last step "
+                f"{ma[-1]:.0f} vs {mb[-1]:.0f}"))
+  return out
+
+
+def summary_markdown(summary: dict, title: str = "CPU reproduction: summary") -> str:
+  """The report body: tables (mean ± std over seeds) and the claims table."""
+  lines = [f"# {title}", "", "Mean ± standard deviation over seeds (a single value: one seed). "
+           "BCE in nats summed over the pixels of the last predicted frame; `/ baseline` is the "
+           "ratio to the copy-last-frame baseline (lower is better).", ""]
+  lines += ["## 4-ball test set", ""] + metrics_table(summary) + [""]
+  if any("bce_last_678" in m for m in summary.values()):
+    lines += ["## 6-8-ball test set (K=8 for the mixture models)", ""]
+    lines += metrics_table(summary, "_678") + [""]
+  rows = rollout_table(summary)
+  if rows:
+    lines += ["## Rollout: per-step BCE (5 real + 10 simulated steps)", ""] + rows + [""]
+  lines += ["## The paper's claims on our runs", "", "| claim | holds | evidence |",
+            "|---|---|---|"]
+  for claim, ok, evidence in claims(summary):
+    mark = "not run" if ok is None else ("yes" if ok else "**no**")
+    lines.append(f"| {claim} | {mark} | {evidence} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_report(summary: dict, out_dir: str) -> dict:
+  """``summary.md``, ``figure3_seeds.png`` and ``rollout_seeds.png`` in ``out_dir``."""
+  from rnem_jax import visualize
+
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {"summary_md": os.path.join(out_dir, "summary.md")}
+  with open(paths["summary_md"], "w") as f:
+    f.write(summary_markdown(summary))
+  paths["figure3"] = os.path.join(out_dir, "figure3_seeds.png")
+  visualize.figure3_summary(summary).savefig(paths["figure3"])
+  if any("rollout_bce" in m for m in summary.values()):
+    paths["rollout"] = os.path.join(out_dir, "rollout_seeds.png")
+    visualize.rollout_summary_figure(summary).savefig(paths["rollout"])
+  if any("rollout_ablation" in m for m in summary.values()):
+    paths["rollout_ablation"] = os.path.join(out_dir, "rollout_ablation.png")
+    visualize.rollout_ablation_figure(summary).savefig(paths["rollout_ablation"])
+  return paths
 
 
 def main(argv=None) -> None:
@@ -82,12 +287,17 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="python -m rnem_jax.summarize", description=__doc__)
   parser.add_argument("--runs", required=True, help="comma-separated run directories")
   parser.add_argument("--out", required=True, help="summary JSON to write")
+  parser.add_argument("--report_dir", default="",
+                      help="also write summary.md and the seed-averaged figures here")
   args = parser.parse_args(argv)
   summary = summarize([d for d in args.runs.split(",") if d])
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(summary, f, indent=2)
   print(f"wrote {args.out}: {', '.join(summary)}")
+  if args.report_dir:
+    for path in write_report(summary, args.report_dir).values():
+      print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -370,6 +370,115 @@ def figure3(runs: dict[str, dict], suffix: str = "last10") -> Figure:
   return fig
 
 
+def figure3_summary(summary: dict, suffix: str = "last") -> Figure:
+  """Paper Figure 3 from a seed summary (``rnem_jax.summarize``): mean bars, ±std whiskers.
+
+  Panels: BCE / baseline, relational BCE / baseline, ARI (last step); in each,
+  the 4-ball test set and the 6-8-ball set side by side, one bar per model.
+  """
+  from rnem_jax import summarize as summ
+
+  names = summ.ordered(summary)
+  colours = component_colours(max(len(names), 1))
+  panels = [(f"bce_{suffix}_rel", f"BCE / copy baseline ({suffix})"),
+            (f"relational_bce_{suffix}_rel", f"relational BCE / baseline ({suffix})"),
+            ("ari_last", "ARI (last step)")]
+  sets = [("", "4 balls"), ("_678", "6-8 balls")]
+  fig = Figure(figsize=(12, 3.8), dpi=100)
+  axes = fig.subplots(1, 3)
+  width = 0.8 / max(len(names), 1)
+  for ax, (key, title) in zip(axes, panels):
+    for j, name in enumerate(names):
+      xs, ys, es = [], [], []
+      for g, (suffix_set, _) in enumerate(sets):
+        stat = summary[name].get(key + suffix_set)
+        if stat is None or (key.startswith("ari") and summ.model_of(name) in ("rnn", "lstm")):
+          continue
+        xs.append(g + (j - (len(names) - 1) / 2) * width)
+        ys.append(stat["mean"])
+        es.append(stat["std"])
+      ax.bar(xs, ys, width, yerr=es, capsize=2, color=colours[j], label=summ.label(name))
+    ax.set_xticks(range(len(sets)))
+    ax.set_xticklabels([t for _, t in sets], fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if "bce" in key:
+      ax.axhline(1.0, color="grey", ls=":", lw=0.8)
+    else:
+      ax.set_ylim(0.0, 1.0)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def rollout_summary_figure(summary: dict) -> Figure:
+  """Paper Figure 4 (right) from a seed summary: mean per-step rollout BCE, ±std bands,
+  and the data-only reference curves (copy last frame, hold last observed frame, empty)."""
+  from rnem_jax import summarize as summ
+
+  names = [n for n in summ.ordered(summary) if "rollout_bce" in summary[n]]
+  if not names:
+    raise ValueError("no run in the summary has a rollout")
+  colours = component_colours(len(names))
+  fig = Figure(figsize=(6, 3.8), dpi=100)
+  ax = fig.add_subplot()
+  for j, name in enumerate(names):
+    r = summary[name]["rollout_bce"]
+    m, sd = np.asarray(r["mean"]), np.asarray(r["std"])
+    x = np.arange(1, len(m) + 1)
+    ax.plot(x, m, marker="o", ms=3, color=colours[j],
+            label=f"{summ.label(name)} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})")
+    ax.fill_between(x, m - sd, m + sd, color=colours[j], alpha=0.2, lw=0)
+  refs = summary[names[0]].get("rollout_references", {})
+  for (key, text), ls in zip(summ.ROLLOUT_REFERENCES, (":", "-.", "--")):
+    if key in refs:
+      ax.plot(np.arange(1, len(refs[key]) + 1), refs[key], ls=ls, color="grey", lw=1, label=text)
+  n_real = summary[names[0]]["rollout_bce"]["num_real_steps"]
+  ax.axvline(n_real + 0.5, color="k", ls="--", lw=0.8)
+  ax.text(n_real + 0.6, ax.get_ylim()[1], " simulated", va="top", fontsize=8)
+  ax.set_xlabel("predicted frame")
+  ax.set_ylabel("BCE (summed over pixels)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+ABLATION_LABELS = {"simulated": "simulated (reference protocol)",
+                   "true_gamma": "own input, gamma from the true frame",
+                   "true_input": "true input, thresholded gamma",
+                   "real": "no simulation (true input and gamma)"}
+
+
+def rollout_ablation_figure(summary: dict) -> Figure:
+  """One panel per model: rollout BCE with each half of the simulation switched on alone
+  (``rnem_jax.evaluate.rollout_ablation``), mean over seeds."""
+  from rnem_jax import summarize as summ
+
+  names = [n for n in summ.ordered(summary) if "rollout_ablation" in summary[n]]
+  if not names:
+    raise ValueError("no run in the summary has a rollout ablation")
+  fig = Figure(figsize=(3.2 * len(names), 3.4), dpi=100)
+  axes = np.atleast_1d(fig.subplots(1, len(names), sharey=True))
+  colours = component_colours(len(ABLATION_LABELS))
+  n_real = summary[names[0]]["rollout_bce"]["num_real_steps"]
+  for ax, name in zip(axes, names):
+    for j, (variant, text) in enumerate(ABLATION_LABELS.items()):
+      r = summary[name]["rollout_ablation"].get(variant)
+      if r is None:
+        continue
+      m, sd = np.asarray(r["mean"]), np.asarray(r["std"])
+      x = np.arange(1, len(m) + 1)
+      ax.plot(x, m, color=colours[j], label=text)
+      ax.fill_between(x, m - sd, m + sd, color=colours[j], alpha=0.2, lw=0)
+    ax.axvline(n_real + 0.5, color="k", ls="--", lw=0.8)
+    seeds = next(iter(summary[name]['rollout_ablation'].values()))['seeds']
+    ax.set_title(f"{summ.label(name)} ({seeds} seed{'s' if seeds > 1 else ''})", fontsize=9)
+    ax.set_xlabel("predicted frame")
+  axes[0].set_ylabel("BCE")
+  axes[0].legend(fontsize=6)
+  fig.tight_layout()
+  return fig
+
+
 def _group_label(records: dict[str, dict]) -> str:
   rec = next(iter(records.values()))
   return f"{rec['dataset'].split('/')[-1]}\n({rec['num_sequences']} seq, T={rec['T']})"

@@ -47,3 +47,61 @@ def test_runs_scored_differently_are_refused(tmp_path):
     summarize.summarize(runs)
   with pytest.raises(ValueError, match="not a run directory"):
     summarize.summarize([str(tmp_path)])
+
+
+def _model_runs(tmp_path, values):
+  """values: model -> list over seeds of (bce_rel, rel_rel, ari, bce_rel_678, rollout)."""
+  runs = []
+  for model, seeds in values.items():
+    for s, (b, r, a, b678, roll) in enumerate(seeds):
+      m = {"bce_last": 100 * b, "bce_last_rel": b, "relational_bce_last": 10 * r,
+           "relational_bce_last_rel": r, "ari_seq": a, "ari_last": a, "baseline_bce_last": 100.0,
+           "baseline_relational_bce_last": 10.0}
+      path = _run(tmp_path / f"{model}_s{s}", f"{model}_cpu", m, rollout=roll,
+                  ext={"bce_last": 200 * b678, "bce_last_rel": b678})
+      (tmp_path / f"{model}_s{s}" / "rollout_ablation.json").write_text(json.dumps(
+          {"bce_per_step": {"simulated": roll, "real": [1.0, 1.0, 1.0]}}))
+      runs.append(path)
+  return runs
+
+
+def test_claims_are_checked_against_the_means(tmp_path):
+  runs = _model_runs(tmp_path, {
+      "rnem": [(0.10, 0.20, 0.80, 0.12, [1.0, 1.0, 5.0]), (0.12, 0.22, 0.76, 0.14, [1.0, 1.0, 7.0])],
+      "rnn_em": [(0.13, 0.19, 0.70, 0.15, [1.0, 1.0, 4.0]), (0.13, 0.21, 0.72, 0.15,
+                                                            [1.0, 1.0, 4.0])],
+      "lstm": [(0.15, 0.30, 0.0, 0.40, [1.0, 1.0, 9.0])],
+      "rnn": [(0.20, 0.35, 0.0, 0.25, [1.0, 1.0, 3.0])],
+  })
+  s = summarize.summarize(runs)
+  assert s["rnem_cpu"]["rollout_ablation"]["simulated"]["mean"] == [1.0, 1.0, 6.0]
+  assert s["rnem_cpu"]["rollout_ablation"]["real"]["seeds"] == 2
+  claims = {c: (ok, ev) for c, ok, ev in summarize.claims(s)}
+  assert claims["1. 4 balls: R-NEM BCE/baseline < RNN-EM"][0] is True
+  # relational: R-NEM 0.21 vs RNN-EM 0.20 -> refuted; the gap in sigma uses both spreads
+  ok, ev = claims["1. 4 balls: R-NEM relational BCE/baseline < RNN-EM"]
+  assert ok is False
+  sd = np.std([0.20, 0.22], ddof=1)
+  assert f"{-0.01 / np.hypot(sd, sd):+.1f}σ" in ev
+  assert "1 seed" in claims["1. 4 balls: R-NEM BCE/baseline < LSTM"][1]
+  assert claims["2. R-NEM (K=5) ARI last ≈ 0.8 (≥ 0.75)"][0] is True
+  assert claims["2. R-NEM K=8 ARI last > R-NEM K=5"] == (None, "not run")
+  # degradation 6-8 / 4 balls: LSTM 0.40/0.15 = 2.67 is the worst
+  assert claims["3. LSTM degrades most from 4 to 6-8 balls (BCE/baseline ratio 6-8 ÷ 4)"][0]
+  assert claims["3. 6-8 balls: R-NEM BCE/baseline < R-NEM no att"] == (None, "not run")
+  # rollout: R-NEM (mean 6) worse than RNN-EM (4) and RNN (3) at the only simulated step
+  assert claims["4. rollout: R-NEM < RNN-EM at every simulated step"][0] is False
+  assert claims["4. rollout: R-NEM < RNN at every simulated step"][0] is False
+  md = summarize.summary_markdown(s)
+  assert "| R-NEM | 2 | 11.0 ± 1.4 | 0.110 ± 0.014 |" in md
+  assert md.index("| R-NEM |") < md.index("| RNN-EM |") < md.index("| LSTM |") < md.index("| RNN |")
+
+
+def test_report_files(tmp_path):
+  runs = _model_runs(tmp_path, {"rnem": [(0.1, 0.2, 0.8, 0.1, [1.0, 2.0, 3.0])],
+                                "rnn": [(0.2, 0.3, 0.0, 0.3, [1.0, 2.0, 2.5])]})
+  paths = summarize.write_report(summarize.summarize(runs), str(tmp_path / "report"))
+  assert set(paths) == {"summary_md", "figure3", "rollout", "rollout_ablation"}
+  for key in ("figure3", "rollout", "rollout_ablation"):
+    with open(paths[key], "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
