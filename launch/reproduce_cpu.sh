@@ -3,8 +3,11 @@
 #
 # Every (model, seed) run trains in its own workdir under $RUNS and resumes from its
 # checkpoint, so the script can be stopped and started again across sittings; finished runs
-# (evaluated at the full step budget) are skipped. Then the runs are summarised into
-# $OUT/summary.json (mean, std and seed count per model and metric).
+# (evaluated at the full step budget) are skipped. Every run is evaluated (4-ball and 6-8-ball
+# test sets, rollout) and its rollout ablation is computed. Then the runs are summarised into
+# $OUT/summary.json (mean, std and seed count per model and metric), $OUT/summary.md (tables,
+# the paper's claims checked) with seed-averaged figures, and the panels/GIFs of $FIGURE_RUNS
+# are drawn into $OUT/figures/<model>.
 #
 #   bash launch/reproduce_cpu.sh                       # everything, defaults below
 #   MODELS="rnem rnn_em" SEEDS="0 1 2" STEPS=6000 bash launch/reproduce_cpu.sh
@@ -31,15 +34,22 @@ mkdir -p "$RUNS"
 
 run_one() {  # model seed
   local wd="$RUNS/$1_s$2"
+  local args=(--config="$CONFIG:$1,$SCALE" --workdir="$wd" --config.seed="$2"
+              --config.em.T="$T" --config.data_dir="$DATA_DIR"
+              --config.train.max_steps="$STEPS" --config.train.max_minutes=0)
+  export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
   if [ -f "$wd/rollout.json" ] && [ -d "$wd/checkpoints/latest/$STEPS" ]; then
-    echo "[skip] $1 seed $2: done"; return 0
+    echo "[skip] $1 seed $2: trained and evaluated"
+  else
+    echo "[run] $1 seed $2 -> $wd"
+    python -m rnem_jax.main "${args[@]}" --mode=all > "$wd.log" 2>&1 \
+      || { echo "[fail] $1 seed $2: see $wd.log"; return 1; }
   fi
-  echo "[run] $1 seed $2 -> $wd"
-  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-  python -m rnem_jax.main --config="$CONFIG:$1,$SCALE" --workdir="$wd" --mode=all \
-      --config.seed="$2" --config.em.T="$T" --config.data_dir="$DATA_DIR" \
-      --config.train.max_steps="$STEPS" --config.train.max_minutes=0 \
-      > "$wd.log" 2>&1 || { echo "[fail] $1 seed $2: see $wd.log"; return 1; }
+  if [ ! -f "$wd/rollout_ablation.json" ] || [ "$wd/rollout_ablation.json" -ot "$wd/rollout.json" ]
+  then
+    python -m rnem_jax.main "${args[@]}" --mode=rollout_ablation >> "$wd.log" 2>&1 \
+      || { echo "[fail] $1 seed $2 rollout ablation: see $wd.log"; return 1; }
+  fi
 }
 export -f run_one
 export RUNS STEPS T SCALE DATA_DIR CONFIG
@@ -62,5 +72,11 @@ for r in $RUN_LIST; do echo "${r%%:*} ${r##*:}"; done \
   | xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"'
 
 dirs=$(for r in $RUN_LIST; do echo -n "$RUNS/${r%%:*}_s${r##*:},"; done)
-python -m rnem_jax.summarize --runs="$dirs" --out="$OUT/summary.json"
-python -m rnem_jax.visualize --mode=report --runs="${dirs%,}" --out="$OUT"
+python -m rnem_jax.summarize --runs="$dirs" --out="$OUT/summary.json" --report_dir="$OUT"
+python -m rnem_jax.visualize --mode=report --runs="${dirs%,}" --out="$OUT/per_run"
+for r in ${FIGURE_RUNS:-rnem:0 rnn_em:0 rnn:0}; do
+  m=${r%%:*}; wd="$RUNS/${m}_s${r##*:}"
+  [ -f "$wd/metrics.json" ] || continue
+  python -m rnem_jax.visualize --config="$CONFIG:$m,$SCALE" --config.em.T="$T" \
+      --config.data_dir="$DATA_DIR" --workdir="$wd" --out="$OUT/figures/$m"
+done
