@@ -47,7 +47,8 @@ run_one() {  # model seed
   fi
   if [ ! -f "$wd/rollout_ablation.json" ] || [ "$wd/rollout_ablation.json" -ot "$wd/rollout.json" ]
   then
-    python -m rnem_jax.main "${args[@]}" --mode=rollout_ablation >> "$wd.log" 2>&1 \
+    python -m rnem_jax.main "${args[@]}" --mode=rollout_ablation \
+        --config.rollout.max_sequences="${ABLATION_SEQUENCES:-200}" >> "$wd.log" 2>&1 \
       || { echo "[fail] $1 seed $2 rollout ablation: see $wd.log"; return 1; }
   fi
 }
