@@ -90,7 +90,8 @@ def summarize(workdirs: Sequence[str]) -> dict:
       out["rollout_ablation"] = {
           variant: _curve_stats([a["bce_per_step"][variant] for a in ablations])
           for variant in ablations[0]["bce_per_step"]}
-    summary[name] = out
+    if out:   # runs still training (nothing evaluated yet) are left out
+      summary[name] = out
   return summary
 
 

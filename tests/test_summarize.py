@@ -105,3 +105,11 @@ def test_report_files(tmp_path):
   for key in ("figure3", "rollout", "rollout_ablation"):
     with open(paths[key], "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_not_evaluated_yet_are_left_out(tmp_path):
+  done = _run(tmp_path / "a0", "rnem_cpu", {"bce_last": 90.0})
+  training = tmp_path / "b0"
+  training.mkdir()
+  (training / "config.json").write_text(json.dumps({"name": "rnn_cpu"}))
+  assert set(summarize.summarize([done, str(training)])) == {"rnem_cpu"}
