@@ -81,9 +81,10 @@ def summarize(workdirs: Sequence[str]) -> dict:
       _check_same(rollouts, name, "rollout.json")
       out["rollout_bce"] = {**_curve_stats([r["bce_per_step"] for r in rollouts]),
                             "num_real_steps": rollouts[0]["num_real_steps"]}
-      for key, _ in ROLLOUT_REFERENCES:
-        if key in rollouts[0]:
-          out.setdefault("rollout_references", {})[key] = rollouts[0][key]
+      for key, _ in ROLLOUT_REFERENCES:   # data only: from any run that has it
+        ref = next((r[key] for r in rollouts if key in r), None)
+        if ref is not None:
+          out.setdefault("rollout_references", {})[key] = ref
     ablations = [r for r in (_read(os.path.join(d, "rollout_ablation.json")) for d in dirs) if r]
     if ablations:
       _check_same(ablations, name, "rollout_ablation.json")
@@ -171,7 +172,8 @@ def rollout_table(summary: dict, steps: Sequence[int] = (1, 5, 6, 8, 10, 15)) ->
              for s in steps]
     rows.append(f"| {label(name)} | {r['seeds']} | " + " | ".join(cells) + " |")
   for key, text in ROLLOUT_REFERENCES:
-    ref = summary[names[0]].get("rollout_references", {}).get(key)
+    ref = next((summary[n]["rollout_references"][key] for n in names
+                if key in summary[n].get("rollout_references", {})), None)
     if ref:
       rows.append(f"| *{text}* | | " + " | ".join(f"{ref[s - 1]:.0f}" for s in steps) + " |")
   return rows

@@ -113,3 +113,14 @@ def test_runs_not_evaluated_yet_are_left_out(tmp_path):
   training.mkdir()
   (training / "config.json").write_text(json.dumps({"name": "rnn_cpu"}))
   assert set(summarize.summarize([done, str(training)])) == {"rnem_cpu"}
+
+
+def test_rollout_references_come_from_any_run_that_has_them(tmp_path):
+  old = _run(tmp_path / "a0", "rnem_cpu", {"bce_last": 90.0}, rollout=[1.0, 2.0, 3.0])
+  new = _run(tmp_path / "a1", "rnem_cpu", {"bce_last": 91.0}, rollout=[1.0, 2.0, 5.0])
+  rec = json.loads((tmp_path / "a1" / "rollout.json").read_text())
+  rec["blank_bce_per_step"] = [7.0, 7.0, 7.0]
+  (tmp_path / "a1" / "rollout.json").write_text(json.dumps(rec))
+  s = summarize.summarize([old, new])
+  assert s["rnem_cpu"]["rollout_references"] == {"blank_bce_per_step": [7.0, 7.0, 7.0]}
+  assert "| *empty frame* | | 7 |" in summarize.summary_markdown(s)   # step 1 of 3 shown
