@@ -211,7 +211,7 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
 
   ``simulate_input``/``simulate_gamma``: see :func:`rnem_jax.em.rollout` (both
   on = the reference protocol; the others are diagnostics, see
-  :func:`rollout_ablation`).
+  :func:`rollout_ablation`). ``output=""``: return the record without writing it.
   """
   mesh = make_mesh()
   network = build_network(config.model)
@@ -236,7 +236,8 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
   }
   if "relational_bce" in curves:
     record["relational_bce_per_step"] = [float(x) for x in curves["relational_bce"]]
-  _write_json(os.path.join(workdir, output), record)
+  if output:
+    _write_json(os.path.join(workdir, output), record)
   return record
 
 
@@ -259,12 +260,8 @@ def rollout_ablation(config, workdir: str, output: str = "rollout_ablation.json"
   propagate its own predictions from one that relies on the true-frame gamma.
   Writes ``{variant: bce_per_step}`` plus the reference curves.
   """
-  records = {name: rollout(config, workdir, output=f"rollout_{name}.json", simulate_input=i,
-                           simulate_gamma=g) for name, (i, g) in ROLLOUT_ABLATION.items()}
-  for name in ROLLOUT_ABLATION:
-    path = os.path.join(workdir, f"rollout_{name}.json")
-    if jax.process_index() == 0 and os.path.exists(path):
-      os.remove(path)
+  records = {name: rollout(config, workdir, output="", simulate_input=i, simulate_gamma=g)
+             for name, (i, g) in ROLLOUT_ABLATION.items()}
   first = records["simulated"]
   record = {k: first[k] for k in ("model", "checkpoint_step", "dataset", "K", "num_real_steps",
                                   "num_sim_steps", "num_sequences", "baseline_bce_per_step",

@@ -171,12 +171,22 @@ def rollout_table(summary: dict, steps: Sequence[int] = (1, 5, 6, 8, 10, 15)) ->
     cells = [_pm({"mean": r["mean"][s - 1], "std": r["std"][s - 1], "seeds": r["seeds"]}, 0)
              for s in steps]
     rows.append(f"| {label(name)} | {r['seeds']} | " + " | ".join(cells) + " |")
+  refs = rollout_references(summary)
   for key, text in ROLLOUT_REFERENCES:
-    ref = next((summary[n]["rollout_references"][key] for n in names
-                if key in summary[n].get("rollout_references", {})), None)
+    ref = refs.get(key)
     if ref:
       rows.append(f"| *{text}* | | " + " | ".join(f"{ref[s - 1]:.0f}" for s in steps) + " |")
   return rows
+
+
+def rollout_references(summary: dict) -> dict[str, list[float]]:
+  """The data-only rollout curves (``ROLLOUT_REFERENCES``), from any group that has each:
+  they are the same for every model, but runs made before a curve existed lack it."""
+  refs = {}
+  for name in ordered(summary):
+    for key, curve in summary[name].get("rollout_references", {}).items():
+      refs.setdefault(key, curve)
+  return refs
 
 
 def _find(summary: dict, model: str) -> Optional[dict]:

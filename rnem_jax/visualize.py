@@ -426,10 +426,7 @@ def rollout_summary_figure(summary: dict) -> Figure:
     ax.plot(x, m, marker="o", ms=3, color=colours[j],
             label=f"{summ.label(name)} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})")
     ax.fill_between(x, m - sd, m + sd, color=colours[j], alpha=0.2, lw=0)
-  refs = {}
-  for name in names:   # data-only curves: the same for every model; runs may lack some
-    for key, curve in summary[name].get("rollout_references", {}).items():
-      refs.setdefault(key, curve)
+  refs = summ.rollout_references(summary)
   for (key, text), ls in zip(summ.ROLLOUT_REFERENCES, (":", "-.", "--")):
     if key in refs:
       ax.plot(np.arange(1, len(refs[key]) + 1), refs[key], ls=ls, color="grey", lw=1, label=text)
