@@ -124,3 +124,29 @@ def test_rollout_references_come_from_any_run_that_has_them(tmp_path):
   s = summarize.summarize([old, new])
   assert s["rnem_cpu"]["rollout_references"] == {"blank_bce_per_step": [7.0, 7.0, 7.0]}
   assert "| *empty frame* | | 7 |" in summarize.summary_markdown(s)   # step 1 of 3 shown
+
+
+def test_curtain_claims_and_the_experiment_of_runs(tmp_path):
+  runs = _model_runs(tmp_path, {"rnem": [(0.10, 0.20, 0.8, 0.1, [1.0, 2.0, 3.0])],
+                                "lstm": [(0.20, 0.15, 0.0, 0.3, [1.0, 2.0, 2.5])],
+                                "rnn": [(0.40, 0.30, 0.0, 0.3, [1.0, 2.0, 2.5])]})
+  for r in runs:
+    cfg = json.loads(open(f"{r}/config.json").read())
+    open(f"{r}/config.json", "w").write(json.dumps({**cfg, "dataset": "curtain/balls3curtain32_cpu"}))
+  assert summarize.experiment_of(runs) == "curtain"
+  s = summarize.summarize(runs)
+  claims = {c: (ok, ev) for c, ok, ev in summarize.claims(s, "curtain")}
+  assert claims["5. curtain: R-NEM BCE < LSTM"][0] is True
+  assert claims["5. curtain: R-NEM relational BCE < LSTM"][0] is False   # 0.20 vs 0.15
+  assert claims["5. curtain: LSTM BCE < RNN"][0] is True
+  # ours 0.10 / 0.20 beside the paper's 46.22 / 59.32
+  assert "ratio 0.50 (paper 0.78)" in claims["5. curtain: R-NEM BCE < LSTM"][1]
+  assert not any(c.startswith("1.") for c in claims)
+  md = summarize.summary_markdown(s, experiment="curtain")
+  assert "Curtain test set" in md and "4-ball" not in md and "5. curtain" in md
+  assert summarize.claims(s, "atari") == []
+  balls = _run(tmp_path / "x0", "rnem_cpu", {"bce_last": 1.0})
+  open(f"{balls}/config.json", "w").write(json.dumps(
+      {"name": "rnem_cpu", "dataset": "bouncing_balls/balls4mass32_cpu"}))
+  with pytest.raises(ValueError, match="different experiments"):
+    summarize.experiment_of(runs + [balls])
