@@ -269,3 +269,116 @@ def rollout_ablation(config, workdir: str, output: str = "rollout_ablation.json"
   record["bce_per_step"] = {name: r["bce_per_step"] for name, r in records.items()}
   _write_json(os.path.join(workdir, output), record)
   return record
+
+
+# ---------------------------------------------------------------------------
+# Object permanence on the occlusion (curtain) set (paper §4.1, Figure 5).
+
+OCCLUSION_MASKS = ("hidden_partial", "hidden_full", "reappearing", "empty_curtain")
+
+
+def occlusion_step_sums(network, params, batch: dict, key, *, K: int, noise_prob: float,
+                        e_step_distribution: str = "bernoulli") -> dict:
+  """Per-sequence sums over steps ``[B]`` of the prediction ``max_k psi`` on each mask.
+
+  ``batch``: time-major ``features`` [T+1, B, H, W, 1] and the masks of
+  :func:`rnem_jax.sim.balls.occlusion_masks` (same shape). For every mask
+  ``<name>_prob`` sums the predicted probability of the pixels of frame t+1 it
+  flags and ``<name>_pixels`` counts them; ``visible`` are the frame's ``on``
+  pixels; ``reappearing_bce`` / ``reappearing_baseline_bce`` are the upper-bound
+  and copy-baseline BCE on the reappearing pixels.
+  """
+  x = batch["features"]
+  r = em.rollout(network, params, x, key, K=K, noise_prob=noise_prob,
+                 e_step_distribution=e_step_distribution, keep_outputs=True)
+  pred = jnp.max(r.psi, axis=2)  # [T, B, H, W, C]
+  axes = (0, 2, 3, 4)
+  out = {}
+  for name, m in [(n, batch[n][1:]) for n in OCCLUSION_MASKS] + [("visible", x[1:])]:
+    out[f"{name}_prob"] = jnp.sum(pred * m, axis=axes)
+    out[f"{name}_pixels"] = jnp.sum(m, axis=axes)
+  m = batch["reappearing"][1:]
+  out["reappearing_bce"] = metrics.per_step(metrics.upper_bound_bce)(r.psi, x[1:], m).sum(0)
+  out["reappearing_baseline_bce"] = metrics.per_step(metrics.copy_baseline_bce)(
+      x[:-1], x[1:], m).sum(0)
+  out["reappearing_frames"] = jnp.sum(jnp.any(m > 0, axis=(2, 3, 4)), axis=0).astype(jnp.float32)
+  return out
+
+
+def occlusion_batch(examples: list[dict], num_frames: int, image_size: int) -> dict:
+  """Time-major ``features`` and occlusion masks of stored curtain examples."""
+  from rnem_jax.sim import balls
+
+  if any("curtain" not in ex for ex in examples):
+    raise ValueError("occlusion metrics need a dataset with a curtain (curtain/...)")
+  seqs = []
+  for ex in examples:
+    masks = balls.occlusion_masks(ex["positions"][:num_frames], ex["radii"], ex["curtain"],
+                                  image_size)
+    seqs.append({"features": ex["features"][:num_frames], **masks})
+  return {k: np.ascontiguousarray(np.stack([s[k] for s in seqs], axis=1), dtype=np.float32)
+          for k in seqs[0]}
+
+
+def occlusion(config, workdir: str, *, dataset: str = "", output: str = "occlusion.json") -> dict:
+  """Object permanence of the best checkpoint on the test split of a curtain dataset.
+
+  Same inputs as :func:`evaluate` (noise, gamma0 and seed). Reports, as means
+  over pixels of all steps and sequences: ``reappearing_prob``, the probability
+  the model gives the pixels of a ball coming out from behind the curtain (it was
+  entirely hidden in the frame before; a model that lost the ball predicts ~0,
+  the copy baseline exactly 0) and their BCE per pixel; ``hidden_full_prob``,
+  how much it draws balls that are entirely behind the curtain (0 in the data:
+  drawing them costs BCE but shows the ball is still represented) and
+  ``hidden_partial_prob`` the hidden parts of partly visible balls (completing
+  the disc), against ``empty_curtain_prob`` (curtain pixels without a ball, the
+  control) and ``visible_prob`` (the visible balls' pixels).
+  """
+  mesh = make_mesh()
+  network = build_network(config.model)
+  dataset = dataset or config.eval.dataset or config.dataset
+  data_dir = config.data_dir or None
+  data.ensure_built(dataset, data_dir)
+  info = data.dataset_info(dataset, data_dir)
+  check_data_fits_model(info, config)
+  T = config.eval.T or config.em.T
+  if T + 1 > info.num_frames:
+    raise ValueError(f"{T} steps need {T + 1} frames; {dataset} has {info.num_frames}")
+  source = data.load_source(dataset, "test", data_dir)
+  n = len(source) if not config.eval.max_sequences else min(len(source),
+                                                              config.eval.max_sequences)
+  bs = config.eval.batch_size
+  if bs % mesh.size:
+    raise ValueError(f"eval batch size {bs} must be a multiple of the number of devices "
+                     f"({mesh.size})")
+  params, step = restore_params(config, workdir, network, mesh)
+  fn = jax.jit(lambda p, b, k: occlusion_step_sums(
+      network, p, b, k, K=config.em.K, noise_prob=config.em.noise_prob,
+      e_step_distribution=config.em.e_step), out_shardings=NamedSharding(mesh, P()))
+  key = jax.random.key(config.eval.seed)
+  sums = None
+  for i, start in enumerate(range(0, n, bs)):
+    batch = occlusion_batch([source[j] for j in range(start, min(start + bs, n))], T + 1,
+                            info.image_size[0])
+    batch, m = _pad(batch, bs)
+    out = fn(params, shard_batch(batch, mesh, same_on_every_process=True),
+             jax.random.fold_in(key, i))
+    out = {k: float(np.asarray(v)[:m].astype(np.float64).sum()) for k, v in out.items()}
+    sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+  per_pixel = lambda num, den: sums[num] / sums[den] if sums[den] > 0 else float("nan")
+  record = {
+      "model": config.name, "checkpoint_step": step, "dataset": dataset, "K": config.em.K,
+      "T": T, "num_sequences": n,
+      "protocol": f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, "
+                  f"seed {config.eval.seed}",
+      **{f"{name}_prob": per_pixel(f"{name}_prob", f"{name}_pixels")
+         for name in OCCLUSION_MASKS + ("visible",)},
+      "reappearing_bce_per_pixel": per_pixel("reappearing_bce", "reappearing_pixels"),
+      "reappearing_baseline_bce_per_pixel": per_pixel("reappearing_baseline_bce",
+                                                      "reappearing_pixels"),
+      **{f"{name}_pixels": int(sums[f"{name}_pixels"]) for name in OCCLUSION_MASKS},
+      "reappearing_frames": int(sums["reappearing_frames"]),
+  }
+  if output:
+    _write_json(os.path.join(workdir, output), record)
+  return record

@@ -8,7 +8,8 @@
 names one); ``rollout`` writes ``DIR/rollout.json``; ``all`` does the three; ``visualize``
 draws the paper's figures and GIFs into ``DIR/figures``; ``rollout_ablation``
 writes ``DIR/rollout_ablation.json`` (the simulation with each of its two
-changes alone).
+changes alone); ``occlusion`` writes ``DIR/occlusion.json`` (object permanence on
+a curtain dataset; ``all`` includes it for curtain configs).
 """
 
 import logging as py_logging
@@ -18,9 +19,11 @@ from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", "/tmp/rnem_jax_run", "Run directory (checkpoints, logs, metrics).")
 flags.DEFINE_enum("mode", "all",
-                  ["train", "eval", "rollout", "rollout_ablation", "visualize", "all"],
-                  "What to run (all = train, eval, rollout; rollout_ablation = the simulation "
-                  "diagnostic, see rnem_jax.evaluate.rollout_ablation).")
+                  ["train", "eval", "rollout", "rollout_ablation", "occlusion", "visualize", "all"],
+                  "What to run (all = train, eval, rollout, and occlusion on curtain data; "
+                  "rollout_ablation = the simulation diagnostic, see "
+                  "rnem_jax.evaluate.rollout_ablation; occlusion = object permanence, see "
+                  "rnem_jax.evaluate.occlusion).")
 flags.DEFINE_bool("distributed", False,
                   "Multi-host run: call jax.distributed.initialize() first (SLURM, TPU pods; "
                   "see launch/README.md).")
@@ -58,6 +61,10 @@ def main(argv):
   if FLAGS.mode in ("rollout", "all"):
     record = evaluate.rollout(config, FLAGS.workdir)
     log.info("rollout BCE per step: %s", [round(x, 2) for x in record["bce_per_step"]])
+  curtain = (config.eval.dataset or config.dataset).startswith("curtain/")
+  if FLAGS.mode == "occlusion" or (FLAGS.mode == "all" and curtain):
+    record = evaluate.occlusion(config, FLAGS.workdir)
+    log.info("occlusion: %s", record)
   if FLAGS.mode == "rollout_ablation":
     record = evaluate.rollout_ablation(config, FLAGS.workdir)
     for name, curve in record["bce_per_step"].items():

@@ -33,6 +33,10 @@ ROLLOUT_REFERENCES = (("baseline_bce_per_step", "copy last frame"),
                       ("held_bce_per_step", "hold last observed frame"),
                       ("blank_bce_per_step", "empty frame"))
 FILES = (("metrics.json", ""), ("metrics_extrapolation.json", "_678"))
+# occlusion.json (curtain runs; rnem_jax.evaluate.occlusion): object permanence.
+OCCLUSION_METRICS = ("visible_prob", "hidden_partial_prob", "hidden_full_prob",
+                     "empty_curtain_prob", "reappearing_prob", "reappearing_bce_per_pixel",
+                     "reappearing_baseline_bce_per_pixel")
 
 
 def _read(path: str) -> Optional[dict]:
@@ -76,6 +80,13 @@ def summarize(workdirs: Sequence[str]) -> dict:
         values = [r[metric] for r in records if metric in r]
         if values:
           out[metric + suffix] = _stats(values)
+    occlusions = [r for r in (_read(os.path.join(d, "occlusion.json")) for d in dirs) if r]
+    if occlusions:
+      _check_same(occlusions, name, "occlusion.json")
+      for metric in OCCLUSION_METRICS:
+        values = [r[metric] for r in occlusions if metric in r]
+        if values:
+          out[metric] = _stats(values)
     rollouts = [r for r in (_read(os.path.join(d, "rollout.json")) for d in dirs) if r]
     if rollouts:
       _check_same(rollouts, name, "rollout.json")
@@ -176,6 +187,30 @@ def rollout_table(summary: dict, steps: Sequence[int] = (1, 5, 6, 8, 10, 15)) ->
     ref = refs.get(key)
     if ref:
       rows.append(f"| *{text}* | | " + " | ".join(f"{ref[s - 1]:.0f}" for s in steps) + " |")
+  return rows
+
+
+def occlusion_table(summary: dict) -> list[str]:
+  """Markdown rows of the object-permanence metrics (curtain runs with ``occlusion.json``)."""
+  names = [n for n in ordered(summary) if "hidden_full_prob" in summary[n]]
+  if not names:
+    return []
+  cols = [("visible_prob", "visible balls"), ("hidden_partial_prob", "hidden part of a visible ball"),
+          ("hidden_full_prob", "fully hidden ball"), ("empty_curtain_prob", "curtain, no ball"),
+          ("reappearing_prob", "ball coming out"),
+          ("reappearing_bce_per_pixel", "BCE / pixel, ball coming out")]
+  rows = ["| model | seeds | " + " | ".join(c for _, c in cols) + " |",
+          "|---" * (len(cols) + 2) + "|"]
+  for name in names:
+    m = summary[name]
+    rows.append(f"| {label(name)} | {m['hidden_full_prob']['seeds']} | " +
+                " | ".join(_pm(m.get(k), 2 if "bce" in k else 3) for k, _ in cols) + " |")
+  base = summary[names[0]].get("reappearing_baseline_bce_per_pixel")
+  rows += ["", "Every column but the first is a pixel the frame shows as 0: the curtain hides it, "
+           "so drawing a ball there costs BCE; a model that still represents the ball draws it "
+           "anyway (the curtain's empty pixels are the control). \"Ball coming out\": the visible "
+           "pixels of a ball that was entirely hidden in the previous frame (and seen before)"
+           + (f"; the copy baseline pays {base['mean']:.2f} nats per pixel there." if base else ".")]
   return rows
 
 
@@ -296,6 +331,13 @@ def curtain_claims(summary: dict) -> list[tuple[str, Optional[bool], str]]:
       ours = _find(summary, better)[metric]["mean"] / _find(summary, worse)[metric]["mean"]
       paper = PAPER_CURTAIN[better][i] / PAPER_CURTAIN[worse][i]
       out.append((claim, c[0], f"{c[1]}; ratio {ours:.2f} (paper {paper:.2f})"))
+  for other in ("lstm", "rnn"):   # object permanence (occlusion.json): higher is better
+    for metric, what in (("hidden_partial_prob", "completes partly hidden balls"),
+                         ("hidden_full_prob", "keeps drawing fully hidden balls"),
+                         ("reappearing_prob", "predicts where hidden balls come out")):
+      claim = f"5. curtain: R-NEM {what} more than {LABELS[other]}"
+      c = _compare(summary, other, "rnem", metric)
+      out.append((claim, None, "not run") if c is None else (claim, c[0], c[1]))
   return out
 
 
@@ -311,6 +353,10 @@ def summary_markdown(summary: dict, title: str = "CPU reproduction: summary",
   if any("bce_last_678" in m for m in summary.values()):
     lines += ["## 6-8-ball test set (K=8 for the mixture models)", ""]
     lines += metrics_table(summary, "_678") + [""]
+  rows = occlusion_table(summary)
+  if rows:
+    lines += ["## Object permanence (mean predicted probability max_k ψ per pixel)", ""]
+    lines += rows + [""]
   rows = rollout_table(summary)
   if rows:
     lines += ["## Rollout: per-step BCE (5 real + 10 simulated steps)", ""] + rows + [""]
@@ -335,7 +381,8 @@ def write_report(summary: dict, out_dir: str, experiment: str = "balls",
   with open(paths["summary_md"], "w") as f:
     f.write(summary_markdown(summary, title, experiment))
   paths["figure3"] = os.path.join(out_dir, "figure3_seeds.png")
-  visualize.figure3_summary(summary).savefig(paths["figure3"])
+  test_set = {"curtain": "curtain (3 balls)", "atari": "Space Invaders"}.get(experiment, "4 balls")
+  visualize.figure3_summary(summary, test_set=test_set).savefig(paths["figure3"])
   if any("rollout_bce" in m for m in summary.values()):
     paths["rollout"] = os.path.join(out_dir, "rollout_seeds.png")
     visualize.rollout_summary_figure(summary).savefig(paths["rollout"])

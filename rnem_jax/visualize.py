@@ -370,11 +370,12 @@ def figure3(runs: dict[str, dict], suffix: str = "last10") -> Figure:
   return fig
 
 
-def figure3_summary(summary: dict, suffix: str = "last") -> Figure:
+def figure3_summary(summary: dict, suffix: str = "last", test_set: str = "4 balls") -> Figure:
   """Paper Figure 3 from a seed summary (``rnem_jax.summarize``): mean bars, ±std whiskers.
 
   Panels: BCE / baseline, relational BCE / baseline, ARI (last step); in each,
-  the 4-ball test set and the 6-8-ball set side by side, one bar per model.
+  the test set (named ``test_set``) and, where the summary has it, the 6-8-ball
+  set side by side, one bar per model.
   """
   from rnem_jax import summarize as summ
 
@@ -383,7 +384,9 @@ def figure3_summary(summary: dict, suffix: str = "last") -> Figure:
   panels = [(f"bce_{suffix}_rel", f"BCE / copy baseline ({suffix})"),
             (f"relational_bce_{suffix}_rel", f"relational BCE / baseline ({suffix})"),
             ("ari_last", "ARI (last step)")]
-  sets = [("", "4 balls"), ("_678", "6-8 balls")]
+  sets = [("", test_set)]
+  if any(f"bce_{suffix}_rel_678" in m for m in summary.values()):
+    sets.append(("_678", "6-8 balls"))
   fig = Figure(figsize=(12, 3.8), dpi=100)
   axes = fig.subplots(1, 3)
   width = 0.8 / max(len(names), 1)

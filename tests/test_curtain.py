@@ -45,3 +45,31 @@ def test_ball_vanishes_and_reappears():
   # The other ball is unaffected; the occluder itself is never drawn.
   assert np.all((out["groups"][..., 0] == 2).sum(axis=(1, 2)) > 40)
   assert out["features"].sum(axis=(1, 2, 3)).min() > 40
+
+
+def test_occlusion_masks_by_hand():
+  """One ball (r=1.5) in an 8x8 frame with the curtain x in [0, 4): visible, fully hidden,
+  half out again; a second ball hidden from the start (never seen) then out."""
+  r = np.array([1.5, 1.5], np.float32)
+  pos = np.array([[[6.0, 2.0], [2.0, 6.0]],     # frame 0: ball 0 visible, ball 1 hidden
+                  [[2.0, 2.0], [5.5, 6.0]],     # frame 1: ball 0 hidden, ball 1 out
+                  [[4.0, 2.0], [5.5, 6.0]]],    # frame 2: ball 0 straddles the edge x = 4
+                 np.float32)
+  curtain = np.array([0.0, 0.0, 4.0, 8.0], np.float32)
+  m = {k: v[..., 0].astype(bool) for k, v in balls.occlusion_masks(pos, r, curtain, 8).items()}
+  disc = balls.disc_masks(pos, r, 8)  # [3, 2, 8, 8]
+  cm = balls.curtain_mask(curtain, 8)
+  assert set(m) == {"hidden_partial", "hidden_full", "reappearing", "empty_curtain"}
+  assert disc[1, 0].sum() == 4 and (disc[1, 0] <= cm).all()   # ball 0 fully hidden in frame 1
+  # Frame 0: ball 1 is hidden but was never seen: nothing counts.
+  assert not m["hidden_full"][0].any() and not m["reappearing"][0].any()
+  # Frame 1: ball 0 (seen in frame 0) entirely hidden; ball 1 comes out but was never seen.
+  np.testing.assert_array_equal(m["hidden_full"][1], disc[1, 0])
+  assert not m["reappearing"][1].any() and not m["hidden_partial"][1].any()
+  # Frame 2: ball 0 is back, half of it still under the curtain.
+  np.testing.assert_array_equal(m["reappearing"][2], disc[2, 0] & ~cm)
+  np.testing.assert_array_equal(m["hidden_partial"][2], disc[2, 0] & cm)
+  assert m["reappearing"][2].sum() == 2 and m["hidden_partial"][2].sum() == 2
+  assert not m["hidden_full"][2].any()
+  for t in range(3):
+    np.testing.assert_array_equal(m["empty_curtain"][t], cm & ~disc[t].any(0))

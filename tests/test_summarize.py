@@ -134,7 +134,14 @@ def test_curtain_claims_and_the_experiment_of_runs(tmp_path):
     cfg = json.loads(open(f"{r}/config.json").read())
     open(f"{r}/config.json", "w").write(json.dumps({**cfg, "dataset": "curtain/balls3curtain32_cpu"}))
   assert summarize.experiment_of(runs) == "curtain"
+  for r, full in zip(runs, (0.30, 0.10, 0.05)):   # rnem, lstm, rnn: R-NEM keeps hidden balls
+    open(f"{r}/occlusion.json", "w").write(json.dumps(
+        {"dataset": "curtain/balls3curtain32_cpu", "K": 5, "T": 15, "visible_prob": 0.5,
+         "hidden_partial_prob": 0.2, "hidden_full_prob": full, "empty_curtain_prob": 0.01,
+         "reappearing_prob": 0.1, "reappearing_bce_per_pixel": 4.0,
+         "reappearing_baseline_bce_per_pixel": 13.8}))
   s = summarize.summarize(runs)
+  assert s["rnem_cpu"]["hidden_full_prob"] == {"mean": 0.30, "std": 0.0, "seeds": 1}
   claims = {c: (ok, ev) for c, ok, ev in summarize.claims(s, "curtain")}
   assert claims["5. curtain: R-NEM BCE < LSTM"][0] is True
   assert claims["5. curtain: R-NEM relational BCE < LSTM"][0] is False   # 0.20 vs 0.15
@@ -142,8 +149,12 @@ def test_curtain_claims_and_the_experiment_of_runs(tmp_path):
   # ours 0.10 / 0.20 beside the paper's 46.22 / 59.32
   assert "ratio 0.50 (paper 0.78)" in claims["5. curtain: R-NEM BCE < LSTM"][1]
   assert not any(c.startswith("1.") for c in claims)
+  assert claims["5. curtain: R-NEM keeps drawing fully hidden balls more than LSTM"][0] is True
+  assert claims["5. curtain: R-NEM predicts where hidden balls come out more than RNN"][0] is False
   md = summarize.summary_markdown(s, experiment="curtain")
   assert "Curtain test set" in md and "4-ball" not in md and "5. curtain" in md
+  assert "| R-NEM | 1 | 0.500 | 0.200 | 0.300 | 0.010 | 0.100 | 4.00 |" in md
+  assert "pays 13.80 nats per pixel" in md
   assert summarize.claims(s, "atari") == []
   balls = _run(tmp_path / "x0", "rnem_cpu", {"bce_last": 1.0})
   open(f"{balls}/config.json", "w").write(json.dumps(

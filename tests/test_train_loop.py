@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config
-from rnem_jax import train
+from rnem_jax import data, train
 
 
 def _losses(workdir):
@@ -134,3 +134,18 @@ def test_curtain_and_atari_train_and_evaluate_through_the_same_code(name, tmp_pa
     assert "ari_last" not in record              # no ground-truth groups in Space Invaders
   else:
     assert 0.0 <= record["confidence_last"] <= 1.0 and "relational_bce_last" in record
+    occ = evaluate.occlusion(cfg, str(tmp_path))
+    assert occ["num_sequences"] == 4 and (tmp_path / "occlusion.json").is_file()
+    # Pixel counts are those of the masks of the same 4 test sequences, counted here.
+    from rnem_jax.sim import balls
+    source = data.load_source(cfg.dataset, "test", data_dir)
+    T = cfg.eval.T or cfg.em.T
+    for name in evaluate.OCCLUSION_MASKS:
+      want = sum(int(balls.occlusion_masks(source[i]["positions"][:T + 1], source[i]["radii"],
+                                           source[i]["curtain"], 32)[name][1:].sum())
+                 for i in range(4))
+      assert occ[f"{name}_pixels"] == want
+    assert occ["empty_curtain_pixels"] > 0
+    for name in ("hidden_partial", "hidden_full", "reappearing", "empty_curtain", "visible"):
+      p = occ[f"{name}_prob"]
+      assert np.isnan(p) and occ.get(f"{name}_pixels", 1) == 0 or 0.0 <= p <= 1.0

@@ -197,3 +197,18 @@ def test_rollout_ablation_and_reference_curves(run, data_dir):
   np.testing.assert_allclose(rec["held_bce_per_step"][n:], held[n:] * nats, rtol=1e-4)
   np.testing.assert_allclose(rec["held_bce_per_step"][:n], rec["baseline_bce_per_step"][:n],
                              rtol=1e-6)
+
+
+def test_figure3_summary_shows_only_the_test_sets_it_has():
+  stat = lambda v: {"mean": v, "std": 0.01, "seeds": 3}
+  curtain = {"rnem_cpu": {"bce_last_rel": stat(0.12), "relational_bce_last_rel": stat(0.1),
+                          "ari_last": stat(0.7)},
+             "rnn_cpu": {"bce_last_rel": stat(0.16), "relational_bce_last_rel": stat(0.14)}}
+  fig = visualize.figure3_summary(curtain, test_set="curtain (3 balls)")
+  assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["curtain (3 balls)"]
+  # R-NEM then RNN: one bar each on BCE, R-NEM alone on ARI (K=1 groups nothing)
+  assert [p.get_height() for p in fig.axes[0].patches] == [0.12, 0.16]
+  assert [p.get_height() for p in fig.axes[2].patches] == [0.7]
+  balls = {n: {**m, "bce_last_rel_678": stat(0.2)} for n, m in curtain.items()}
+  fig = visualize.figure3_summary(balls)
+  assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["4 balls", "6-8 balls"]

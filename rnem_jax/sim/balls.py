@@ -209,6 +209,44 @@ def render(positions: np.ndarray,
   }
 
 
+def occlusion_masks(positions: np.ndarray, radii: np.ndarray, curtain: np.ndarray,
+                    image_size: int) -> dict[str, np.ndarray]:
+  """What the curtain hides, per frame (for object-permanence metrics).
+
+    Only balls already seen (visible in an earlier frame) count: nothing can know of a
+    ball that was never shown.
+
+    Args:
+      positions: [T, n, 2]; radii: [n]; curtain: (x0, y0, x1, y1).
+
+    Returns:
+      ``[T, H, W, 1]`` uint8 videos:
+      ``hidden_partial``: pixels under the curtain of balls partly visible in the frame
+      (0 in the frame; a model that completes the disc draws them);
+      ``hidden_full``: pixels of balls entirely under the curtain in the frame and seen
+      before (0 in the frame; only a model that keeps the ball draws them);
+      ``reappearing``: in frame t, the visible pixels of every ball that was entirely
+      hidden in frame t-1 and seen before that (a model that kept the ball can predict
+      them; one that lost it cannot);
+      ``empty_curtain``: curtain pixels covered by no ball (the control for ``hidden_*``).
+    """
+  discs = disc_masks(positions, radii, image_size)  # [T, n, H, W]
+  cm = curtain_mask(curtain, image_size)
+  visible = discs & ~cm
+  shown = visible.any(axis=(2, 3))  # [T, n]
+  seen_before = np.zeros_like(shown)  # visible in some frame < t
+  seen_before[1:] = np.logical_or.accumulate(shown, axis=0)[:-1]
+  back = np.zeros_like(shown)  # hidden in t-1, seen before t-1, visible in t
+  back[1:] = ~shown[:-1] & seen_before[:-1] & shown[1:]
+  masks = {
+      "hidden_partial": (discs & cm & shown[:, :, None, None]).any(axis=1),
+      "hidden_full": (discs & (~shown & seen_before)[:, :, None, None]).any(axis=1),
+      "reappearing": (visible & back[:, :, None, None]).any(axis=1),
+      "empty_curtain": cm[None] & ~discs.any(axis=1),
+  }
+  return {k: v.astype(np.uint8)[..., None] for k, v in masks.items()}
+
+
 def sample_initial_state(
     config: BallsConfig,
     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
