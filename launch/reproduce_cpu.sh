@@ -4,7 +4,7 @@
 # Every (model, seed) run trains in its own workdir under $RUNS and resumes from its
 # checkpoint, so the script can be stopped and started again across sittings; finished runs
 # (evaluated at the full step budget) are skipped. Every run is evaluated (4-ball and 6-8-ball
-# test sets, rollout) and its rollout ablation is computed. Then the runs are summarised into
+# test sets, rollout; object permanence on curtain data) and its rollout ablation is computed. Then the runs are summarised into
 # $OUT/summary.json (mean, std and seed count per model and metric), $OUT/summary.md (tables,
 # the paper's claims checked) with seed-averaged figures, and the panels/GIFs of $FIGURE_RUNS
 # are drawn into $OUT/figures/<model>.
@@ -50,6 +50,10 @@ run_one() {  # model seed
     python -m rnem_jax.main "${args[@]}" --mode=rollout_ablation \
         --config.rollout.max_sequences="${ABLATION_SEQUENCES:-200}" >> "$wd.log" 2>&1 \
       || { echo "[fail] $1 seed $2 rollout ablation: see $wd.log"; return 1; }
+  fi
+  if [[ "$CONFIG" == *curtain* ]] && [ ! -f "$wd/occlusion.json" ]; then  # runs from before it
+    python -m rnem_jax.main "${args[@]}" --mode=occlusion >> "$wd.log" 2>&1 \
+      || { echo "[fail] $1 seed $2 occlusion: see $wd.log"; return 1; }
   fi
 }
 export -f run_one
