@@ -4,10 +4,10 @@
 # Every (model, seed) run trains in its own workdir under $RUNS and resumes from its
 # checkpoint, so the script can be stopped and started again across sittings; finished runs
 # (evaluated at the full step budget) are skipped. Every run is evaluated (4-ball and 6-8-ball
-# test sets, rollout; object permanence on curtain data) and its rollout ablation is computed. Then the runs are summarised into
-# $OUT/summary.json (mean, std and seed count per model and metric), $OUT/summary.md (tables,
-# the paper's claims checked) with seed-averaged figures, and the panels/GIFs of $FIGURE_RUNS
-# are drawn into $OUT/figures/<model>.
+# test sets, rollout; object permanence on curtain data) and its rollout ablation is
+# computed. Then the runs are summarised into $OUT/summary.json (mean, std and seed count per
+# model and metric), $OUT/summary.md (tables, the paper's claims checked) with seed-averaged
+# figures, and the panels/GIFs of $FIGURE_RUNS are drawn into $OUT/figures/<model>.
 #
 #   bash launch/reproduce_cpu.sh                       # everything, defaults below
 #   MODELS="rnem rnn_em" SEEDS="0 1 2" STEPS=6000 bash launch/reproduce_cpu.sh
