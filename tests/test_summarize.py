@@ -161,3 +161,18 @@ def test_curtain_claims_and_the_experiment_of_runs(tmp_path):
       {"name": "rnem_cpu", "dataset": "bouncing_balls/balls4mass32_cpu"}))
   with pytest.raises(ValueError, match="different experiments"):
     summarize.experiment_of(runs + [balls])
+
+
+def test_report_of_runs_without_collisions_or_groups(tmp_path):
+  """Space Invaders: BCE only (no collision flags, no ground-truth groups)."""
+  run = _run(tmp_path / "a0", "rnem_small", {"bce_last": 2200.0, "bce_last_rel": 0.8,
+                                             "baseline_bce_last": 2750.0})
+  open(f"{run}/config.json", "w").write(json.dumps(
+      {"name": "rnem_small", "dataset": "space_invaders/atari_small"}))
+  assert summarize.experiment_of([run]) == "atari"
+  s = summarize.summarize([run])
+  md = summarize.summary_markdown(s, experiment="atari")
+  assert "| R-NEM | 1 | 2200.0 | 0.800 | – | – |" in md
+  assert "Copy-last-frame baseline: BCE 2750.0 (the same" in md and "claims" not in md
+  paths = summarize.write_report(s, str(tmp_path / "report"), "atari")
+  assert set(paths) == {"summary_md", "figure3"}
