@@ -121,11 +121,9 @@ def restore_params(config, workdir: str, network, mesh, which: str = "best"):
   return state.params, int(state.step)
 
 
-def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: int, T: int,
-                batch_size: int, max_sequences: int, seed: int,
-                num_real_steps: Optional[int] = None, simulate_input: bool = True,
-                simulate_gamma: bool = True) -> tuple[dict, int]:
-  """Mean per-step curves over a whole split (every sequence exactly once)."""
+def _check_eval_data(config, mesh, dataset: str, T: int, batch_size: int):
+  """Builds ``dataset`` if needed and checks it against the model, ``T`` and the devices;
+  returns its ``data.dataset_info``."""
   if batch_size % mesh.size:
     raise ValueError(f"eval batch size {batch_size} must be a multiple of the number of "
                      f"devices ({mesh.size})")
@@ -135,6 +133,16 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
   check_data_fits_model(info, config)
   if T + 1 > info.num_frames:
     raise ValueError(f"{T} steps need {T + 1} frames; {dataset} has {info.num_frames}")
+  return info
+
+
+def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: int, T: int,
+                batch_size: int, max_sequences: int, seed: int,
+                num_real_steps: Optional[int] = None, simulate_input: bool = True,
+                simulate_gamma: bool = True) -> tuple[dict, int]:
+  """Mean per-step curves over a whole split (every sequence exactly once)."""
+  info = _check_eval_data(config, mesh, dataset, T, batch_size)
+  data_dir = config.data_dir or None
   # Replicated outputs: every process can read every sequence's metrics (multi-host).
   fn = jax.jit(lambda p, b, k: step_metrics(
       network, p, b, k, K=K, noise_prob=config.em.noise_prob, num_real_steps=num_real_steps,
@@ -337,20 +345,12 @@ def occlusion(config, workdir: str, *, dataset: str = "", output: str = "occlusi
   mesh = make_mesh()
   network = build_network(config.model)
   dataset = dataset or config.eval.dataset or config.dataset
-  data_dir = config.data_dir or None
-  data.ensure_built(dataset, data_dir)
-  info = data.dataset_info(dataset, data_dir)
-  check_data_fits_model(info, config)
   T = config.eval.T or config.em.T
-  if T + 1 > info.num_frames:
-    raise ValueError(f"{T} steps need {T + 1} frames; {dataset} has {info.num_frames}")
-  source = data.load_source(dataset, "test", data_dir)
+  bs = config.eval.batch_size
+  info = _check_eval_data(config, mesh, dataset, T, bs)
+  source = data.load_source(dataset, "test", config.data_dir or None)
   n = len(source) if not config.eval.max_sequences else min(len(source),
                                                               config.eval.max_sequences)
-  bs = config.eval.batch_size
-  if bs % mesh.size:
-    raise ValueError(f"eval batch size {bs} must be a multiple of the number of devices "
-                     f"({mesh.size})")
   params, step = restore_params(config, workdir, network, mesh)
   fn = jax.jit(lambda p, b, k: occlusion_step_sums(
       network, p, b, k, K=config.em.K, noise_prob=config.em.noise_prob,

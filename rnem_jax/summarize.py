@@ -245,6 +245,14 @@ def _compare(summary: dict, better: str, worse: str, metric: str) -> Optional[tu
 
 
 EXPERIMENTS = {"bouncing_balls": "balls", "curtain": "curtain", "space_invaders": "atari"}
+# experiment -> (report title, test-set heading, test-set label under the Figure 3 bars)
+EXPERIMENT_NAMES = {
+    "balls": ("CPU reproduction: summary", "4-ball test set", "4 balls"),
+    "curtain": ("CPU reproduction, occlusion (curtain): summary",
+                "Curtain test set (3 balls, occluder)", "curtain (3 balls)"),
+    "atari": ("CPU reproduction, Space Invaders: summary", "Space Invaders test set",
+              "Space Invaders"),
+}
 # Paper §4.1 (Table in the text; 64x64, paper scale): test BCE / relational BCE.
 PAPER_CURTAIN = {"rnem": (46.22, 2.33), "lstm": (59.32, 2.72), "rnn": (94.64, 4.14)}
 
@@ -348,9 +356,7 @@ def summary_markdown(summary: dict, title: str = "CPU reproduction: summary",
   lines = [f"# {title}", "", "Mean ± standard deviation over seeds (a single value: one seed). "
            "BCE in nats summed over the pixels of the last predicted frame; `/ baseline` is the "
            "ratio to the copy-last-frame baseline (lower is better).", ""]
-  test_set = {"balls": "4-ball test set", "curtain": "Curtain test set (3 balls, occluder)",
-              "atari": "Space Invaders test set"}.get(experiment, "Test set")
-  lines += [f"## {test_set}", ""] + metrics_table(summary) + [""]
+  lines += [f"## {EXPERIMENT_NAMES[experiment][1]}", ""] + metrics_table(summary) + [""]
   if any("bce_last_678" in m for m in summary.values()):
     lines += ["## 6-8-ball test set (K=8 for the mixture models)", ""]
     lines += metrics_table(summary, "_678") + [""]
@@ -373,17 +379,16 @@ def summary_markdown(summary: dict, title: str = "CPU reproduction: summary",
 
 
 def write_report(summary: dict, out_dir: str, experiment: str = "balls",
-                 title: str = "CPU reproduction: summary") -> dict:
+                 title: str = "") -> dict:
   """``summary.md``, ``figure3_seeds.png`` and ``rollout_seeds.png`` in ``out_dir``."""
   from rnem_jax import visualize
 
   os.makedirs(out_dir, exist_ok=True)
   paths = {"summary_md": os.path.join(out_dir, "summary.md")}
   with open(paths["summary_md"], "w") as f:
-    f.write(summary_markdown(summary, title, experiment))
+    f.write(summary_markdown(summary, title or EXPERIMENT_NAMES[experiment][0], experiment))
   paths["figure3"] = os.path.join(out_dir, "figure3_seeds.png")
-  test_set = {"curtain": "curtain (3 balls)", "atari": "Space Invaders"}.get(experiment, "4 balls")
-  visualize.figure3_summary(summary, test_set=test_set).savefig(paths["figure3"])
+  visualize.figure3_summary(summary, test_set=EXPERIMENT_NAMES[experiment][2]).savefig(paths["figure3"])
   if any("rollout_bce" in m for m in summary.values()):
     paths["rollout"] = os.path.join(out_dir, "rollout_seeds.png")
     visualize.rollout_summary_figure(summary).savefig(paths["rollout"])
@@ -409,11 +414,7 @@ def main(argv=None) -> None:
     json.dump(summary, f, indent=2)
   print(f"wrote {args.out}: {', '.join(summary)}")
   if args.report_dir:
-    experiment = experiment_of(workdirs)
-    title = {"curtain": "CPU reproduction, occlusion (curtain): summary",
-             "atari": "CPU reproduction, Space Invaders: summary"}.get(
-                 experiment, "CPU reproduction: summary")
-    for path in write_report(summary, args.report_dir, experiment, title).values():
+    for path in write_report(summary, args.report_dir, experiment_of(workdirs)).values():
       print(f"wrote {path}")
 
 
