@@ -18,6 +18,7 @@ from rnem_jax.metrics import clipped_bce
 
 CLIP = 1e-6
 E_STEP_EPS = 1e-6
+E_STEP_TARGETS = ("clean", "noisy")
 
 
 def bitflip(x: jnp.ndarray, flip: jnp.ndarray) -> jnp.ndarray:
@@ -163,7 +164,7 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
             num_real_steps: Optional[int] = None, e_step_distribution: str = "bernoulli",
             prior: float = 0.0, inter_weight: float = 1.0, keep_outputs: bool = False,
             unroll: Union[int, bool] = 1, remat: bool = False, simulate_input: bool = True,
-            simulate_gamma: bool = True) -> Rollout:
+            simulate_gamma: bool = True, e_step_target: str = "clean") -> Rollout:
   """The full EM rollout over T = features.shape[0] - 1 steps as one ``lax.scan``.
 
   Args:
@@ -173,6 +174,12 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     key: PRNG key for the bit-flip noise and gamma0.
     K: number of components (any K >= 1, independent of the parameters).
     noise_prob: bit-flip probability on the network input (targets stay clean).
+    e_step_target: which frame t+1 the E-step compares psi_t with. ``"clean"``
+      (the reference): the clean x_{t+1}, so the gamma that masks the next
+      input has seen the clean version of that frame. ``"noisy"`` (a variant):
+      the noisy x~_{t+1} the network is fed at step t+1 (the same bit flips),
+      so gamma uses nothing the network is not given. The loss target stays
+      the clean frame either way.
     actions: [T+1, B] int actions, for networks built with actions.
     num_real_steps: simulation (SPEC D7): from step N on, the input is the
       model's own soft reconstruction sum_k gamma psi and gamma comes from the
@@ -190,10 +197,17 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     a ``Rollout``.
   """
   check_features(features, K, None, actions)
+  if e_step_target not in E_STEP_TARGETS:
+    raise ValueError(f"e_step_target must be one of {E_STEP_TARGETS}, got {e_step_target!r}")
   T = features.shape[0] - 1
   B = features.shape[1]
   k_noise, k_gamma = jax.random.split(key)
   flips = sample_flips(k_noise, (T,) + features.shape[1:], noise_prob, features.dtype)
+  next_flips = None
+  if e_step_target == "noisy":  # the flips of frames 1..T; frame T's drawn apart (same inputs)
+    last = sample_flips(jax.random.fold_in(k_noise, 1), (1,) + features.shape[1:], noise_prob,
+                        features.dtype)
+    next_flips = jnp.concatenate([flips[1:], last])
   gamma0 = sample_gamma0(k_gamma, (B, K) + features.shape[2:4] + (1,))
   psi0 = jnp.zeros((B, K) + features.shape[2:], features.dtype)
   state0 = network.initial_state(B, K)
@@ -202,14 +216,15 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
 
   def step(carry, xs):
     state, psi, gamma = carry
-    x_t, x_next, flip, sim, a_t = xs
+    x_t, x_next, flip, next_flip, sim, a_t = xs
     if num_real_steps is not None and simulate_input:
       own = jnp.sum(gamma * psi, axis=1)
       x_t = jnp.where(sim, jax.lax.stop_gradient(own), x_t)
     x_in = bitflip(x_t, flip)
     u = masked_input(x_in, psi, gamma)
     state, psi, alpha = network.apply(params, u, state, a_t)
-    gamma = e_step(x_next, psi, e_step_distribution)
+    target = x_next if next_flip is None else bitflip(x_next, next_flip)
+    gamma = e_step(target, psi, e_step_distribution)
     if num_real_steps is not None and simulate_gamma:
       gamma = jnp.where(sim, simulated_e_step(psi), gamma)
     total, intra, inter = em_loss(psi, x_next, gamma, prior=prior, inter_weight=inter_weight)
@@ -221,7 +236,7 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
   if remat:
     step = jax.checkpoint(step)
   a_xs = None if actions is None else actions[:T]
-  xs = (features[:T], features[1:], flips, simulate, a_xs)
+  xs = (features[:T], features[1:], flips, next_flips, simulate, a_xs)
   _, out = jax.lax.scan(step, (state0, psi0, gamma0), xs, unroll=unroll)
   if keep_outputs:
     return Rollout(*out, gamma0=gamma0)

@@ -30,7 +30,8 @@ from jax.sharding import PartitionSpec as P
 from rnem_jax import data, em, metrics
 from rnem_jax.model import build_network, init_params
 from rnem_jax.train import (Checkpoints, check_compatible, check_data_fits_model,
-                            create_train_state, make_mesh, make_optimizer, replicate, shard_batch)
+                            create_train_state, em_options, make_mesh, make_optimizer, replicate,
+                            shard_batch)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,19 @@ CURVES = ("bce", "baseline_bce", "relational_bce", "baseline_relational_bce", "a
           "confidence")
 
 
-def step_metrics(network, params, batch: dict, key, *, K: int, noise_prob: float,
+def _protocol(config) -> str:
+  """How a metrics file was computed, in words (noise, gamma0, E-step target, seed)."""
+  return (f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, E-step against "
+          f"the {config.em.e_step_target} next frame, seed {config.eval.seed}")
+
+
+def step_metrics(network, params, batch: dict, key, *, K: int,
                  num_real_steps: Optional[int] = None, num_groups: int = 16,
-                 e_step_distribution: str = "bernoulli", simulate_input: bool = True,
-                 simulate_gamma: bool = True) -> dict:
+                 simulate_input: bool = True, simulate_gamma: bool = True, **em_kwargs) -> dict:
   """Per-step, per-sequence metrics of one batch: each value is ``[T, B]``.
+
+  ``em_kwargs`` (``noise_prob``, ``e_step_distribution``, ``e_step_target``, ...)
+  go to :func:`rnem_jax.em.rollout`; ``train.em_options(config)`` gives a config's.
 
   ``batch``: time-major ``features`` [T+1, B, H, W, 1] and optionally
   ``groups``, ``collisions`` (same shape) and ``actions`` [T+1, B].
@@ -51,10 +60,9 @@ def step_metrics(network, params, batch: dict, key, *, K: int, noise_prob: float
   ``blank_bce``, an empty frame (what a model that lost its balls scores).
   """
   x = batch["features"]
-  r = em.rollout(network, params, x, key, K=K, noise_prob=noise_prob,
-                 actions=batch.get("actions"), num_real_steps=num_real_steps,
-                 e_step_distribution=e_step_distribution, keep_outputs=True,
-                 simulate_input=simulate_input, simulate_gamma=simulate_gamma)
+  r = em.rollout(network, params, x, key, K=K, actions=batch.get("actions"),
+                 num_real_steps=num_real_steps, keep_outputs=True,
+                 simulate_input=simulate_input, simulate_gamma=simulate_gamma, **em_kwargs)
   per_step = metrics.per_step
   out = {
       "bce": per_step(metrics.upper_bound_bce)(r.psi, x[1:]),
@@ -145,9 +153,8 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
   data_dir = config.data_dir or None
   # Replicated outputs: every process can read every sequence's metrics (multi-host).
   fn = jax.jit(lambda p, b, k: step_metrics(
-      network, p, b, k, K=K, noise_prob=config.em.noise_prob, num_real_steps=num_real_steps,
-      num_groups=max(info.max_balls, 1), e_step_distribution=config.em.e_step,
-      simulate_input=simulate_input, simulate_gamma=simulate_gamma),
+      network, p, b, k, K=K, num_real_steps=num_real_steps, num_groups=max(info.max_balls, 1),
+      simulate_input=simulate_input, simulate_gamma=simulate_gamma, **em_options(config)),
       out_shardings=NamedSharding(mesh, P()))
   sums, count = None, 0
   key = jax.random.key(seed)
@@ -200,8 +207,7 @@ def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str 
   record = {
       "model": config.name, "checkpoint_step": step, "dataset": dataset, "split": split,
       "K": K, "T": T, "num_sequences": count,
-      "protocol": f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, "
-                  f"seed {config.eval.seed}",
+      "protocol": _protocol(config),
       **summarise(curves),
       "curves": {k: [float(x) for x in v] for k, v in curves.items()},
   }
@@ -285,8 +291,7 @@ def rollout_ablation(config, workdir: str, output: str = "rollout_ablation.json"
 OCCLUSION_MASKS = ("hidden_partial", "hidden_full", "reappearing", "empty_curtain")
 
 
-def occlusion_step_sums(network, params, batch: dict, key, *, K: int, noise_prob: float,
-                        e_step_distribution: str = "bernoulli") -> dict:
+def occlusion_step_sums(network, params, batch: dict, key, *, K: int, **em_kwargs) -> dict:
   """Per-sequence sums over steps ``[B]`` of the prediction ``max_k psi`` on each mask.
 
   ``batch``: time-major ``features`` [T+1, B, H, W, 1] and the masks of
@@ -297,8 +302,7 @@ def occlusion_step_sums(network, params, batch: dict, key, *, K: int, noise_prob
   and copy-baseline BCE on the reappearing pixels.
   """
   x = batch["features"]
-  r = em.rollout(network, params, x, key, K=K, noise_prob=noise_prob,
-                 e_step_distribution=e_step_distribution, keep_outputs=True)
+  r = em.rollout(network, params, x, key, K=K, keep_outputs=True, **em_kwargs)
   pred = jnp.max(r.psi, axis=2)  # [T, B, H, W, C]
   axes = (0, 2, 3, 4)
   out = {}
@@ -353,8 +357,7 @@ def occlusion(config, workdir: str, *, dataset: str = "", output: str = "occlusi
                                                               config.eval.max_sequences)
   params, step = restore_params(config, workdir, network, mesh)
   fn = jax.jit(lambda p, b, k: occlusion_step_sums(
-      network, p, b, k, K=config.em.K, noise_prob=config.em.noise_prob,
-      e_step_distribution=config.em.e_step), out_shardings=NamedSharding(mesh, P()))
+      network, p, b, k, K=config.em.K, **em_options(config)), out_shardings=NamedSharding(mesh, P()))
   key = jax.random.key(config.eval.seed)
   sums = None
   for i, start in enumerate(range(0, n, bs)):
@@ -369,8 +372,7 @@ def occlusion(config, workdir: str, *, dataset: str = "", output: str = "occlusi
   record = {
       "model": config.name, "checkpoint_step": step, "dataset": dataset, "K": config.em.K,
       "T": T, "num_sequences": n,
-      "protocol": f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, "
-                  f"seed {config.eval.seed}",
+      "protocol": _protocol(config),
       **{f"{name}_prob": per_pixel(f"{name}_prob", f"{name}_pixels")
          for name in OCCLUSION_MASKS + ("visible",)},
       "reappearing_bce_per_pixel": per_pixel("reappearing_bce", "reappearing_pixels"),

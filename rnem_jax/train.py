@@ -217,6 +217,9 @@ def validate_config(config, num_devices: int) -> None:
                      f"train.valid_batch_size={config.train.valid_batch_size}")
   if not 0.0 <= config.em.noise_prob <= 1.0:
     raise ValueError(f"em.noise_prob must be in [0, 1], got {config.em.noise_prob}")
+  if config.em.e_step_target not in em.E_STEP_TARGETS:
+    raise ValueError(f"em.e_step_target must be one of {em.E_STEP_TARGETS}, got "
+                     f"{config.em.e_step_target!r}")
 
 
 def check_data_fits_model(info, config) -> None:
@@ -269,7 +272,8 @@ class _Logger:
 def em_options(config) -> dict:
   """The config's EM settings as keyword arguments of ``em.rollout``."""
   return dict(noise_prob=config.em.noise_prob, e_step_distribution=config.em.e_step,
-              prior=config.em.prior, inter_weight=config.em.inter_weight)
+              prior=config.em.prior, inter_weight=config.em.inter_weight,
+              e_step_target=config.em.e_step_target)
 
 
 def make_loss_fn(network, config, K: int):

@@ -635,9 +635,11 @@ def model_outputs(config, network, params, batch: dict, seed: int,
 
   from rnem_jax import em
 
+  from rnem_jax.train import em_options
+
   fn = jax.jit(lambda p, x, a, k: em.rollout(
-      network, p, x, k, K=config.em.K, noise_prob=config.em.noise_prob, actions=a,
-      num_real_steps=num_real_steps, e_step_distribution=config.em.e_step, keep_outputs=True))
+      network, p, x, k, K=config.em.K, actions=a, num_real_steps=num_real_steps,
+      keep_outputs=True, **em_options(config)))
   actions = batch.get("actions")
   return fn(params, jnp.asarray(batch["features"]),
             None if actions is None else jnp.asarray(actions), jax.random.key(seed))

@@ -141,6 +141,34 @@ def test_rollout_outputs_and_simulation():
   np.testing.assert_allclose(neither.psi, r0.psi, rtol=1e-6)
 
 
+def test_noisy_e_step_target_uses_the_next_input_frame():
+  """e_step_target='noisy': gamma_t is the E-step on exactly the noisy frame fed at step t+1."""
+  net, feats = ToyNetwork(), _toy_features(T=6)
+  params = {"b": jnp.float32(-0.5), "w": jnp.float32(1.0)}
+  key = jax.random.key(3)
+  clean = em.rollout(net, params, feats, key, K=3, keep_outputs=True)
+  noisy = em.rollout(net, params, feats, key, K=3, keep_outputs=True, e_step_target="noisy")
+  # same inputs at step 0, same gamma0: the first prediction agrees
+  np.testing.assert_array_equal(noisy.inputs[0], clean.inputs[0])
+  np.testing.assert_allclose(noisy.psi[0], clean.psi[0], rtol=1e-6)
+  for t in range(5):  # gamma_t against the input of step t+1, not against the clean frame
+    np.testing.assert_allclose(noisy.gamma[t], em.e_step(noisy.inputs[t + 1], noisy.psi[t]),
+                               rtol=1e-6)
+  assert not np.allclose(noisy.gamma[0], em.e_step(feats[1], noisy.psi[0]))
+  # the inputs are the same bit flips as the reference's (the variant only moves gamma)
+  np.testing.assert_array_equal(noisy.inputs - feats[:6] != 0, clean.inputs - feats[:6] != 0)
+  # the loss still targets the clean frame: recompute step 0 by hand
+  total, _, _ = em.em_loss(noisy.psi[0], feats[1], noisy.gamma[0])
+  np.testing.assert_allclose(noisy.loss[0], total, rtol=1e-6)
+  # without noise the two targets are the same frame
+  r0 = em.rollout(net, params, feats, key, K=3, noise_prob=0.0, keep_outputs=True)
+  n0 = em.rollout(net, params, feats, key, K=3, noise_prob=0.0, keep_outputs=True,
+                  e_step_target="noisy")
+  np.testing.assert_allclose(n0.gamma, r0.gamma, rtol=1e-6)
+  with pytest.raises(ValueError, match="e_step_target"):
+    em.rollout(net, params, feats, key, K=3, e_step_target="clear")
+
+
 def test_unrolled_scan_matches_rolled():
   net, feats = ToyNetwork(), _toy_features(T=5)
   params = {"b": jnp.float32(0.1), "w": jnp.float32(1.5)}
