@@ -54,6 +54,7 @@ def test_checkpoint_of_another_architecture_is_refused(trained, data_dir):
     ({"model.image_size": 64}, "cannot take this image size"),
     ({"model.image_size": 30}, "multiple of 8"),
     ({"em.T": 40}, "frames"),
+    ({"em.e_step_target": "clear"}, "e_step_target must be one of"),
 ])
 def test_bad_configs_fail_before_writing(overrides, match, tmp_path, data_dir):
   cfg = load_config("balls", data_dir=data_dir, **overrides)
