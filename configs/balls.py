@@ -3,6 +3,7 @@
 Usage:
   python -m rnem_jax.main --config=configs/balls.py[:<model>[,<scale>]] --workdir=DIR
 models: rnem (default, K=5) | rnem_k8 | rnem_noatt | rnn_em | rnn (K=1) | lstm (K=1)
+  | rnem_noisy_gamma | rnn_em_noisy_gamma (a variant: gamma from the noisy next frame)
 scales: paper (default) | small | tiny
 
 paper: 64x64, B=64, T=30, Adam 1e-3, bit-flip noise 0.2, early stopping

@@ -2,7 +2,8 @@
 
 Usage:
   python -m rnem_jax.main --config=configs/curtain.py[:<model>[,<scale>]] --workdir=DIR
-models: rnem (default) | rnem_k8 | rnem_noatt | rnn_em | rnn | lstm; scales: paper | small | tiny
+models: rnem (default) | rnem_k8 | rnem_noatt | rnn_em | rnn | lstm (and the
+*_noisy_gamma variants); scales: paper | small | cpu | tiny
 
 paper: balls3curtain64, 64x64, B=64, T=30 (GPU/TPU job). Paper's test numbers:
   R-NEM BCE 46.22 / relational 2.33; LSTM 59.32 / 2.72; RNN 94.64 / 4.14.
