@@ -114,6 +114,7 @@ def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "
       max_sequences=0,                 # 0 = the whole split
       T=0,                             # 0 = em.T
       seed=1234,
+      checkpoint="best",               # or "latest" (the last one saved)
       output="",                       # "" = metrics.json (or metrics_<dataset>_K<K>.json)
   ))
   c.extrapolation = ml_collections.ConfigDict(dict(

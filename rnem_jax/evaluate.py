@@ -112,8 +112,12 @@ def _pad(batch: dict, size: int) -> tuple[dict, int]:
   return {k: pad(v) for k, v in batch.items()}, n
 
 
-def restore_params(config, workdir: str, network, mesh, which: str = "best"):
-  """Parameters of the ``best`` (else ``latest``) checkpoint in ``workdir``."""
+def restore_params(config, workdir: str, network, mesh, which: str = ""):
+  """Parameters of the ``which`` checkpoint in ``workdir`` (``""``: ``config.eval.checkpoint``,
+  ``"best"`` by default); ``latest`` when there is no ``best`` one."""
+  which = which or config.eval.checkpoint
+  if which not in ("best", "latest"):
+    raise ValueError(f"eval.checkpoint must be 'best' or 'latest', got {which!r}")
   ckpts = Checkpoints(workdir)
   try:
     source = which if getattr(ckpts, which).latest_step() is not None else "latest"

@@ -39,6 +39,22 @@ def test_same_seed_same_losses(trained, tmp_path, data_dir):
   np.testing.assert_array_equal(_losses(wd), _losses(tmp_path))
 
 
+def test_evaluation_checkpoint_is_best_or_latest(tmp_path, data_dir, monkeypatch, compile_cache):
+  from rnem_jax import evaluate
+  from rnem_jax.model import build_network
+  losses = iter([1.0, 2.0])   # validation at steps 3 and 6: the best checkpoint is step 3
+  monkeypatch.setattr(train, "validation_loss", lambda *a, **k: next(losses))
+  cfg = load_config("balls", data_dir=data_dir)
+  train.train_and_evaluate(cfg, str(tmp_path))
+  net, mesh = build_network(cfg.model), train.make_mesh()
+  assert evaluate.restore_params(cfg, str(tmp_path), net, mesh)[1] == 3
+  cfg = load_config("balls", data_dir=data_dir, **{"eval.checkpoint": "latest"})
+  assert evaluate.restore_params(cfg, str(tmp_path), net, mesh)[1] == 6
+  cfg = load_config("balls", data_dir=data_dir, **{"eval.checkpoint": "last"})
+  with pytest.raises(ValueError, match="eval.checkpoint must be"):
+    evaluate.restore_params(cfg, str(tmp_path), net, mesh)
+
+
 def test_checkpoint_of_another_architecture_is_refused(trained, data_dir):
   wd, _ = trained
   before = _listing(wd + "/checkpoints")
