@@ -39,11 +39,13 @@ CURVES = ("bce", "baseline_bce", "relational_bce", "baseline_relational_bce", "a
           "confidence")
 
 
-def _protocol(config) -> str:
-  """The evaluation protocol in words (noise, gamma0, seed); the same for every model, so runs
-  evaluated alike can be compared (the E-step target is the model's: ``e_step_target``)."""
-  return (f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, "
-          f"seed {config.eval.seed}")
+def _protocol(config) -> dict:
+  """How a record was computed: ``protocol``, the evaluation protocol in words (noise, gamma0,
+  seed; the same for every model, so runs evaluated alike can be compared) and the model's
+  ``e_step_target``."""
+  return {"protocol": f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, "
+                      f"seed {config.eval.seed}",
+          "e_step_target": config.em.e_step_target}
 
 
 def step_metrics(network, params, batch: dict, key, *, K: int,
@@ -212,7 +214,7 @@ def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str 
   record = {
       "model": config.name, "checkpoint_step": step, "dataset": dataset, "split": split,
       "K": K, "T": T, "num_sequences": count,
-      "protocol": _protocol(config), "e_step_target": config.em.e_step_target,
+      **_protocol(config),
       **summarise(curves),
       "curves": {k: [float(x) for x in v] for k, v in curves.items()},
   }
@@ -377,7 +379,7 @@ def occlusion(config, workdir: str, *, dataset: str = "", output: str = "occlusi
   record = {
       "model": config.name, "checkpoint_step": step, "dataset": dataset, "K": config.em.K,
       "T": T, "num_sequences": n,
-      "protocol": _protocol(config), "e_step_target": config.em.e_step_target,
+      **_protocol(config),
       **{f"{name}_prob": per_pixel(f"{name}_prob", f"{name}_pixels")
          for name in OCCLUSION_MASKS + ("visible",)},
       "reappearing_bce_per_pixel": per_pixel("reappearing_bce", "reappearing_pixels"),

@@ -634,7 +634,6 @@ def model_outputs(config, network, params, batch: dict, seed: int,
   import jax.numpy as jnp
 
   from rnem_jax import em
-
   from rnem_jax.train import em_options
 
   fn = jax.jit(lambda p, x, a, k: em.rollout(
