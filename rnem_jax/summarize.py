@@ -14,6 +14,12 @@ T or K are refused rather than averaged.
 
 ``--report_dir`` also writes ``summary.md`` (mean ± std tables and the paper's
 claims checked against them), ``figure3_seeds.png`` and ``rollout_seeds.png``.
+
+``--budget_dir`` compares training budgets run by run instead (the same model and seed
+evaluated after different numbers of steps, from copies of its workdir):
+
+  python -m rnem_jax.summarize --runs=RUNS/cpu/rnem_s0,RUNS/cpu_4000/rnem_s0 \
+      --budget_dir=results/cpu/budget
 """
 
 from __future__ import annotations
@@ -105,6 +111,96 @@ def summarize(workdirs: Sequence[str]) -> dict:
     if out:   # runs still training (nothing evaluated yet) are left out
       summary[name] = out
   return summary
+
+
+# ---------------------------------------------------------------------------
+# Training budget: the same model and seed evaluated after different numbers of steps.
+
+BUDGET_METRICS = ("bce_last_rel", "relational_bce_last_rel", "ari_last", "bce_last_rel_678")
+
+
+def _steps_in(directory: str) -> list[int]:
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) \
+      if os.path.isdir(directory) else []
+
+
+def budget_records(workdirs: Sequence[str]) -> list[dict]:
+  """One record per evaluated run, to compare training budgets run by run (no averaging).
+
+  Each record: ``name`` (config name), ``seed``, ``workdir``, ``trained_steps`` (the latest
+  checkpoint), ``checkpoint_step`` (the one evaluated), ``valid_loss`` at that step,
+  ``valid_curve`` (``[[step, loss], ...]`` from ``train_log.jsonl``, the last entry per step
+  where a resumed run logged one twice), the ``BUDGET_METRICS``, and the rollout BCE of the
+  last real (``rollout_real_last``) and last simulated (``rollout_sim_last``) predicted
+  frames. Sorted by model (paper order), seed and budget. Raises ValueError for a directory
+  that is not an evaluated run.
+  """
+  records = []
+  for wd in workdirs:
+    config = _read(os.path.join(wd, "config.json"))
+    metrics = _read(os.path.join(wd, "metrics.json"))
+    if config is None or metrics is None:
+      raise ValueError(f"{wd} is not an evaluated run directory (config.json, metrics.json)")
+    record = {"name": config["name"], "seed": config.get("seed"), "workdir": wd,
+              "trained_steps": (_steps_in(os.path.join(wd, "checkpoints", "latest")) or [None])[-1],
+              "checkpoint_step": metrics.get("checkpoint_step")}
+    valid = {}
+    log = os.path.join(wd, "train_log.jsonl")
+    if os.path.exists(log):
+      with open(log) as f:
+        for line in f:
+          entry = json.loads(line)
+          if entry.get("kind") == "valid":
+            valid[int(entry["step"])] = float(entry["loss"])
+    record["valid_curve"] = [[s, valid[s]] for s in sorted(valid)]
+    record["valid_loss"] = valid.get(record["checkpoint_step"])
+    extrapolation = _read(os.path.join(wd, "metrics_extrapolation.json")) or {}
+    for metric in BUDGET_METRICS:
+      source, key = ((extrapolation, metric[:-4]) if metric.endswith("_678") else (metrics, metric))
+      record[metric] = source.get(key)
+    rollout = _read(os.path.join(wd, "rollout.json"))
+    if rollout:
+      record["rollout_real_last"] = rollout["bce_per_step"][rollout["num_real_steps"] - 1]
+      record["rollout_sim_last"] = rollout["bce_per_step"][-1]
+    records.append(record)
+  rank = lambda r: (MODEL_ORDER.index(model_of(r["name"])) if model_of(r["name"]) in MODEL_ORDER
+                    else 99, r["name"], r["seed"] or 0, r["trained_steps"] or 0)
+  return sorted(records, key=rank)
+
+
+def budget_table(records: Sequence[dict]) -> list[str]:
+  """Markdown rows of ``budget_records``: one per run, the model's budgets one under another."""
+  rows = ["| model | seed | steps trained | evaluated checkpoint | validation loss | "
+          "BCE / baseline | relational / baseline | ARI last | BCE / baseline, 6–8 | "
+          "rollout, last real step | rollout, last simulated step |", "|---" * 11 + "|"]
+  fmt = lambda v, d: "–" if v is None else f"{v:.{d}f}"
+  for r in records:
+    ari = "–" if model_of(r["name"]) in ("rnn", "lstm") else fmt(r["ari_last"], 3)
+    rows.append(f"| {label(r['name'])} | {r['seed']} | {r['trained_steps']} | "
+                f"{r['checkpoint_step']} | {fmt(r['valid_loss'], 1)} | "
+                f"{fmt(r['bce_last_rel'], 3)} | {fmt(r['relational_bce_last_rel'], 3)} | {ari} | "
+                f"{fmt(r['bce_last_rel_678'], 3)} | {fmt(r.get('rollout_real_last'), 0)} | "
+                f"{fmt(r.get('rollout_sim_last'), 0)} |")
+  return rows
+
+
+def write_budget_report(records: Sequence[dict], out_dir: str) -> dict:
+  """``budget.json``, ``budget.md`` and ``validation_curves.png`` in ``out_dir``."""
+  from rnem_jax import visualize
+
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {name: os.path.join(out_dir, name)
+           for name in ("budget.json", "budget.md", "validation_curves.png")}
+  with open(paths["budget.json"], "w") as f:
+    json.dump(list(records), f, indent=2)
+  with open(paths["budget.md"], "w") as f:
+    f.write("# Training budget: the same runs evaluated after different numbers of steps\n\n"
+            "BCE of the last predicted frame as a ratio to the copy-last-frame baseline (lower "
+            "is better); rollout BCE in nats (5 real + 10 simulated steps). The evaluated "
+            "checkpoint is the best-validation one among those trained.\n\n"
+            + "\n".join(budget_table(records)) + "\n\n![validation loss](validation_curves.png)\n")
+  visualize.validation_curves_figure(records).savefig(paths["validation_curves.png"])
+  return paths
 
 
 def _curve_stats(curves: Sequence[Sequence[float]]) -> dict:
@@ -406,11 +502,21 @@ def main(argv=None) -> None:
 
   parser = argparse.ArgumentParser(prog="python -m rnem_jax.summarize", description=__doc__)
   parser.add_argument("--runs", required=True, help="comma-separated run directories")
-  parser.add_argument("--out", required=True, help="summary JSON to write")
+  parser.add_argument("--out", default="", help="summary JSON to write")
   parser.add_argument("--report_dir", default="",
                       help="also write summary.md and the seed-averaged figures here")
+  parser.add_argument("--budget_dir", default="",
+                      help="write budget.{json,md} and validation_curves.png here: one row per "
+                           "run (e.g. one seed after 800 and after 4000 steps), no averaging")
   args = parser.parse_args(argv)
   workdirs = [d for d in args.runs.split(",") if d]
+  if not (args.out or args.budget_dir):
+    parser.error("give --out (the seed summary) or --budget_dir (the per-run budget table)")
+  if args.budget_dir:
+    for path in write_budget_report(budget_records(workdirs), args.budget_dir).values():
+      print(f"wrote {path}")
+  if not args.out:
+    return
   summary = summarize(workdirs)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:

@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 from matplotlib import colors as mcolors
+from matplotlib import ticker as mticker
 from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
@@ -476,6 +477,41 @@ def rollout_ablation_figure(summary: dict) -> Figure:
     ax.set_xlabel("predicted frame")
   axes[0].set_ylabel("BCE")
   axes[0].legend(fontsize=6)
+  fig.tight_layout()
+  return fig
+
+
+def validation_curves_figure(records: Sequence[dict]) -> Figure:
+  """Validation loss against training step, one line per model and seed, with a marker at
+  each evaluated checkpoint (``rnem_jax.summarize.budget_records``; copies of one run trained
+  to different budgets share their history, so the longest one's curve is drawn)."""
+  from rnem_jax import summarize as summ
+
+  runs: dict[tuple, list[dict]] = {}
+  for r in records:
+    runs.setdefault((r["name"], r["seed"]), []).append(r)
+  if not runs:
+    raise ValueError("no runs to draw")
+  fig = Figure(figsize=(6.0, 3.8), dpi=100)
+  ax = fig.add_subplot()
+  colours = component_colours(len(runs))
+  for colour, ((name, seed), group) in zip(colours, runs.items()):
+    longest = max(group, key=lambda r: len(r["valid_curve"]))
+    if not longest["valid_curve"]:
+      continue
+    steps, losses = np.asarray(longest["valid_curve"], np.float64).T
+    ax.plot(steps, losses, color=colour, label=f"{summ.label(name)}, seed {seed}")
+    marked = [(r["checkpoint_step"], r["valid_loss"]) for r in group
+              if r["valid_loss"] is not None]
+    if marked:
+      ax.plot(*np.asarray(marked, np.float64).T, ls="", marker="o", ms=5, color=colour)
+  ax.set_yscale("log")
+  ax.yaxis.set_major_formatter(mticker.ScalarFormatter())
+  ax.yaxis.set_minor_formatter(mticker.ScalarFormatter())
+  ax.set_xlabel("training step")
+  ax.set_ylabel("validation loss")
+  ax.set_title("validation loss (dots: evaluated checkpoints)", fontsize=9)
+  ax.legend(fontsize=7)
   fig.tight_layout()
   return fig
 

@@ -192,3 +192,60 @@ def test_report_of_runs_without_collisions_or_groups(tmp_path):
   assert "Copy-last-frame baseline: BCE 2750.0 (the same" in md and "claims" not in md
   paths = summarize.write_report(s, str(tmp_path / "report"), "atari")
   assert set(paths) == {"summary_md", "figure3"}
+
+
+def _budget_run(path, name, seed, steps, valid, evaluated, metrics, resumed_twice_at=None):
+  """A run trained to ``steps`` whose log holds ``valid`` ({step: loss}), evaluated at
+  ``evaluated``; ``resumed_twice_at`` logs that step a second time with another loss."""
+  _run(path, name, {"checkpoint_step": evaluated, **metrics}, rollout=[5.0, 7.0, 30.0, 40.0],
+       ext={"bce_last_rel": 2 * metrics["bce_last_rel"]})
+  (path / "config.json").write_text(json.dumps({"name": name, "seed": seed}))
+  for step in (steps // 2, steps):
+    (path / "checkpoints" / "latest" / str(step)).mkdir(parents=True)
+  lines = [{"step": s, "kind": "train", "loss": 1e6} for s in valid]
+  lines += [{"step": s, "kind": "valid", "loss": v} for s, v in valid.items()]
+  if resumed_twice_at is not None:
+    lines.insert(0, {"step": resumed_twice_at, "kind": "valid", "loss": -1.0})
+  (path / "train_log.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+  return str(path)
+
+
+def test_budget_records_one_row_per_run_in_model_seed_budget_order(tmp_path):
+  m = {"bce_last_rel": 0.1, "relational_bce_last_rel": 0.2, "ari_last": 0.7}
+  runs = [
+      _budget_run(tmp_path / "rnn_long", "rnn_cpu", 0, 400, {200: 9.0, 400: 8.0}, 400, m),
+      _budget_run(tmp_path / "rnem_long", "rnem_cpu", 0, 400,
+                  {200: 5.0, 300: 3.0, 400: 4.0}, 300, m, resumed_twice_at=300),
+      _budget_run(tmp_path / "rnem_short", "rnem_cpu", 0, 200, {200: 5.0}, 200, m),
+      _budget_run(tmp_path / "rnem_s1", "rnem_cpu", 1, 200, {200: 6.0}, 200, m),
+  ]
+  records = summarize.budget_records(runs)
+  assert [(r["name"], r["seed"], r["trained_steps"]) for r in records] == [
+      ("rnem_cpu", 0, 200), ("rnem_cpu", 0, 400), ("rnem_cpu", 1, 200), ("rnn_cpu", 0, 400)]
+  long = records[1]
+  # the log's later entry for a step wins (a resumed run re-logs it); the evaluated
+  # checkpoint's validation loss is read off the curve
+  assert long["valid_curve"] == [[200, 5.0], [300, 3.0], [400, 4.0]]
+  assert (long["checkpoint_step"], long["valid_loss"]) == (300, 3.0)
+  assert long["bce_last_rel_678"] == pytest.approx(0.2)
+  assert (long["rollout_real_last"], long["rollout_sim_last"]) == (7.0, 40.0)
+  rows = summarize.budget_table(records)
+  assert len(rows) == 2 + 4
+  assert rows[3] == "| R-NEM | 0 | 400 | 300 | 3.0 | 0.100 | 0.200 | 0.700 | 0.200 | 7 | 40 |"
+  assert "| RNN | 0 | 400 | 400 | 8.0 | 0.100 | 0.200 | – |" in rows[5]   # no ARI for K=1
+  with pytest.raises(ValueError, match="not an evaluated run"):
+    summarize.budget_records([str(tmp_path)])
+
+
+def test_budget_cli_writes_table_json_and_curves(tmp_path):
+  m = {"bce_last_rel": 0.1, "relational_bce_last_rel": 0.2, "ari_last": 0.7}
+  runs = [_budget_run(tmp_path / "a", "rnem_cpu", 0, 200, {100: 5.0, 200: 4.0}, 200, m),
+          _budget_run(tmp_path / "b", "rnem_cpu", 0, 400, {100: 5.0, 200: 4.0, 400: 3.5}, 400, m)]
+  out = tmp_path / "budget"
+  summarize.main([f"--runs={','.join(runs)}", f"--budget_dir={out}"])
+  assert len(json.loads((out / "budget.json").read_text())) == 2
+  assert "| R-NEM | 0 | 400 | 400 | 3.5 |" in (out / "budget.md").read_text()
+  assert (out / "validation_curves.png").stat().st_size > 1000
+  assert not (tmp_path / "summary.json").exists()
+  with pytest.raises(SystemExit):
+    summarize.main([f"--runs={runs[0]}"])   # neither --out nor --budget_dir
