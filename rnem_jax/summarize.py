@@ -163,9 +163,8 @@ def budget_records(workdirs: Sequence[str]) -> list[dict]:
       record["rollout_real_last"] = rollout["bce_per_step"][rollout["num_real_steps"] - 1]
       record["rollout_sim_last"] = rollout["bce_per_step"][-1]
     records.append(record)
-  rank = lambda r: (MODEL_ORDER.index(model_of(r["name"])) if model_of(r["name"]) in MODEL_ORDER
-                    else 99, r["name"], r["seed"] or 0, r["trained_steps"] or 0)
-  return sorted(records, key=rank)
+  return sorted(records, key=lambda r: (model_rank(r["name"]), r["name"], r["seed"] or 0,
+                                        r["trained_steps"] or 0))
 
 
 def budget_table(records: Sequence[dict]) -> list[str]:
@@ -175,7 +174,7 @@ def budget_table(records: Sequence[dict]) -> list[str]:
           "rollout, last real step | rollout, last simulated step |", "|---" * 11 + "|"]
   fmt = lambda v, d: "–" if v is None else f"{v:.{d}f}"
   for r in records:
-    ari = "–" if model_of(r["name"]) in ("rnn", "lstm") else fmt(r["ari_last"], 3)
+    ari = fmt(r["ari_last"], 3) if is_mixture(r["name"]) else "–"
     rows.append(f"| {label(r['name'])} | {r['seed']} | {r['trained_steps']} | "
                 f"{r['checkpoint_step']} | {fmt(r['valid_loss'], 1)} | "
                 f"{fmt(r['bce_last_rel'], 3)} | {fmt(r['relational_bce_last_rel'], 3)} | {ari} | "
@@ -225,10 +224,20 @@ def model_of(name: str) -> str:
   return name.rsplit("_", 1)[0] if "_" in name else name
 
 
+def model_rank(name: str) -> int:
+  """Position of config ``name``'s model in the paper's order (unknown models last)."""
+  return MODEL_ORDER.index(model_of(name)) if model_of(name) in MODEL_ORDER else len(MODEL_ORDER)
+
+
+def is_mixture(name: str) -> bool:
+  """Whether config ``name``'s model is a mixture (K components, so an ARI); RNN and LSTM
+  are K=1."""
+  return model_of(name) not in ("rnn", "lstm")
+
+
 def ordered(summary: dict) -> list[str]:
   """Config names of ``summary`` in the paper's model order (unknown models last)."""
-  rank = lambda n: (MODEL_ORDER.index(model_of(n)) if model_of(n) in MODEL_ORDER else 99, n)
-  return sorted(summary, key=rank)
+  return sorted(summary, key=lambda n: (model_rank(n), n))
 
 
 def label(name: str) -> str:
@@ -251,7 +260,7 @@ def metrics_table(summary: dict, suffix: str = "") -> list[str]:
     m = summary[name]
     if f"bce_last{suffix}" not in m:
       continue
-    ari = lambda k: _pm(m.get(k + suffix), 3) if not model_of(name) in ("rnn", "lstm") else "–"
+    ari = lambda k: _pm(m.get(k + suffix), 3) if is_mixture(name) else "–"
     rows.append(f"| {label(name)} | {m['bce_last' + suffix]['seeds']} | "
                 f"{_pm(m.get('bce_last' + suffix))} | {_pm(m.get('bce_last_rel' + suffix), 3)} | "
                 f"{_pm(m.get('relational_bce_last' + suffix), 2)} | "

@@ -396,7 +396,7 @@ def figure3_summary(summary: dict, suffix: str = "last", test_set: str = "4 ball
       xs, ys, es = [], [], []
       for g, (suffix_set, _) in enumerate(sets):
         stat = summary[name].get(key + suffix_set)
-        if stat is None or (key.startswith("ari") and summ.model_of(name) in ("rnn", "lstm")):
+        if stat is None or (key.startswith("ari") and not summ.is_mixture(name)):
           continue
         xs.append(g + (j - (len(names) - 1) / 2) * width)
         ys.append(stat["mean"])
