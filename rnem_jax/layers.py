@@ -23,7 +23,13 @@ whose gradients XLA:CPU computes quickly (``rnem_jax/benchmark.py`` measures bot
   followed by depth-to-space. The up-scaled image is never built, and it costs
   about (ceil((k-1)/f)+1)^2 / k^2 of the multiply-adds (9/16 for k=4, f=2);
 * the stride-1 convolutions have a hand-written VJP (``_conv_stride1``) so that
-  a rolled ``lax.scan`` over EM steps differentiates as fast as an unrolled one.
+  a rolled ``lax.scan`` over EM steps differentiates as fast as an unrolled one:
+  d/dx a forward convolution, d/dkernel one matrix product per kernel tap of the
+  shifted input (channel-major) and the output gradient;
+* convolutions with at most ``THIN_CHANNELS`` input or output channels (the
+  encoder's one-channel frames, the decoder's last layer), which XLA:CPU's
+  convolution kernels run at a few GFLOP/s, are matrix products in both
+  directions (``_conv_valid``, ``_thin_output_vjp``, ``_thin_input_dx``).
 """
 
 from __future__ import annotations
@@ -145,38 +151,118 @@ def _conv(x: jnp.ndarray, kernel: jnp.ndarray, padding) -> jnp.ndarray:
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS)
 
 
+# Channel counts at or below this are "thin": XLA:CPU's convolution kernels run
+# them at a few GFLOP/s, so such convolutions become matrix products instead.
+THIN_CHANNELS = 4
+
+
+def _pad_spatial(x: jnp.ndarray, padding) -> jnp.ndarray:
+  """``x: [N, H, W, C]`` padded (or, for negative entries, cropped) by ``((lo, hi), (lo, hi))``."""
+  zero = jnp.zeros((), x.dtype)
+  return jax.lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+
+
+def _taps_matrix(kernel: jnp.ndarray) -> jnp.ndarray:
+  """``[k, k, C, F] -> [C, k*k*F]``: column block ``a*k + b`` is tap ``(a, b)``."""
+  k, _, c, f = kernel.shape
+  return kernel.transpose(2, 0, 1, 3).reshape(c, k * k * f)
+
+
+def _conv_valid(xp: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+  """Stride-1 VALID convolution of the padded ``xp: [N, Hp, Wp, C]`` with ``[k, k, C, F]``.
+
+  Thin channels become one matrix product: with few input channels, of the k*k
+  shifted views of the input concatenated on channels (im2col); with few output
+  channels, of the input and every tap's weights at once, whose k*k shifted
+  views are then summed.
+  """
+  k, _, c, f = kernel.shape
+  h, w = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+  if c <= THIN_CHANNELS:
+    cols = jnp.concatenate([xp[:, a:a + h, b:b + w, :] for a in range(k) for b in range(k)], -1)
+    return jnp.einsum("nhwi,io->nhwo", cols, kernel.reshape(k * k * c, f))
+  if f <= THIN_CHANNELS:
+    z = jnp.einsum("nhwc,co->nhwo", xp, _taps_matrix(kernel))
+    taps = [z[:, a:a + h, b:b + w, (a * k + b) * f:(a * k + b + 1) * f]
+            for a in range(k) for b in range(k)]
+    return functools.reduce(jnp.add, taps)
+  return _conv(xp, kernel, "VALID")
+
+
+def _thin_output_vjp(x, kernel, padding, dy):
+  """Both gradients of a stride-1 convolution with few output channels, as matrix products.
+
+  The k*k shifted views of ``dy`` stacked on channels (``dz``, k*k*F channels:
+  few) give ``dx = dz W^T`` and ``dW = dz^T x``; the latter contracts over
+  pixels with ``dz`` channel-major, the layout XLA:CPU multiplies fastest.
+  """
+  k, _, c, f = kernel.shape
+  xp = _pad_spatial(x, padding)
+  hp, wp = xp.shape[1:3]
+  h, w = dy.shape[1:3]
+  shifts = [((a, hp - h - a), (b, wp - w - b)) for a in range(k) for b in range(k)]
+  dz = jnp.concatenate([_pad_spatial(dy, s) for s in shifts], -1)
+  dxp = jnp.einsum("nhwo,co->nhwc", dz, _taps_matrix(kernel))
+  dyt = jax.lax.optimization_barrier(dy.transpose(3, 0, 1, 2))
+  zero = jnp.zeros((), dy.dtype)
+  dzt = jnp.concatenate([jax.lax.pad(dyt, zero, ((0, 0, 0), (0, 0, 0), (*s[0], 0), (*s[1], 0)))
+                         for s in shifts])  # [k*k*F, N, Hp, Wp]
+  dk = (dzt.reshape(k * k * f, -1) @ xp.reshape(-1, c)).reshape(k, k, f, c).transpose(0, 1, 3, 2)
+  return _pad_spatial(dxp, [(-lo, -hi) for lo, hi in padding]), dk
+
+
+def _thin_input_dx(x_shape, kernel, padding, dy):
+  """Input gradient of a stride-1 convolution with few input channels (col2im).
+
+  ``dy W^T`` gives every output pixel's k*k*C input shares at once (few
+  channels); each tap's share is summed into the input at its offset.
+  """
+  k, _, c, f = kernel.shape
+  h, w = dy.shape[1:3]
+  hp, wp = (x_shape[i + 1] + sum(padding[i]) for i in (0, 1))
+  dcols = jnp.einsum("nhwo,io->nhwi", dy, kernel.reshape(k * k * c, f))
+  parts = [_pad_spatial(dcols[..., (a * k + b) * c:(a * k + b + 1) * c],
+                        ((a, hp - h - a), (b, wp - w - b))) for a in range(k) for b in range(k)]
+  return _pad_spatial(functools.reduce(jnp.add, parts), [(-lo, -hi) for lo, hi in padding])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_stride1(x: jnp.ndarray, kernel: jnp.ndarray, padding) -> jnp.ndarray:
-  """Stride-1 convolution, ``padding = ((lo, hi), (lo, hi))``, whose VJP is two forward
-  convolutions on operands transposed to the canonical NHWC/HWIO layouts.
+  """Stride-1 convolution, ``padding = ((lo, hi), (lo, hi))``, with a loop-friendly VJP.
 
   JAX's own kernel-gradient convolution contracts over the batch through
   non-canonical dimension numbers; XLA:CPU re-lays it out well in straight-line
   code but not inside a ``while`` loop (a rolled ``lax.scan``), where it runs
-  ~10x slower. Written with explicit transposes it is fast in both.
+  ~10x slower. Here d/dx is a forward convolution with the flipped kernel and
+  d/dkernel a matrix product per tap ([C, N*H*W] shifted input times dy
+  [N*H*W, F]; 1.5-2x faster than one batch-contracting convolution); thin
+  channels use matrix products throughout (see ``_conv_valid``).
   """
-  return _conv(x, kernel, padding)
+  return _conv_valid(_pad_spatial(x, padding), kernel)
 
 
 def _conv_stride1_fwd(x, kernel, padding):
-  return _conv(x, kernel, padding), (x, kernel)
+  return _conv_stride1(x, kernel, padding), (x, kernel)
 
 
 def _conv_stride1_bwd(padding, res, dy):
   x, kernel = res
+  if kernel.shape[-1] <= THIN_CHANNELS:
+    return _thin_output_vjp(x, kernel, padding, dy)
   k = kernel.shape[:2]
-  # d/dx: correlate dy with the flipped kernel, in/out channels swapped.
-  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-  dx = _conv(dy, flipped, [(k[i] - 1 - padding[i][0], k[i] - 1 - padding[i][1]) for i in (0, 1)])
-  # d/dkernel: one convolution contracting over the batch. XLA:CPU is slow when its
-  # output channels are few, so they are the larger of C_in and C_out.
-  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  if dy.shape[-1] >= x.shape[-1]:
-    dk = _conv(xp.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), "VALID").transpose(1, 2, 0, 3)
+  if kernel.shape[2] <= THIN_CHANNELS:
+    dx = _thin_input_dx(x.shape, kernel, padding, dy)
   else:
-    full = [(k[0] - 1,) * 2, (k[1] - 1,) * 2]
-    dk = _conv(dy.transpose(3, 1, 2, 0), xp.transpose(1, 2, 0, 3), full)
-    dk = jnp.flip(dk, (1, 2)).transpose(1, 2, 3, 0)
+    # d/dx: correlate dy with the flipped kernel, in/out channels swapped.
+    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+    dx = _conv(dy, flipped, [(k[i] - 1 - padding[i][0], k[i] - 1 - padding[i][1]) for i in (0, 1)])
+  # d/dkernel: per tap, one matrix product of the shifted input, channel-major
+  # [C, N*H*W] (sliced from one transposed copy of x), and dy [N*H*W, F].
+  xt = jax.lax.optimization_barrier(_pad_spatial(x, padding).transpose(3, 0, 1, 2))
+  h, w = dy.shape[1:3]
+  dy2 = dy.reshape(-1, dy.shape[-1])
+  dk = jnp.stack([xt[:, :, a:a + h, b:b + w].reshape(xt.shape[0], -1) @ dy2
+                  for a in range(k[0]) for b in range(k[1])]).reshape(kernel.shape)
   return dx, dk
 
 
@@ -205,13 +291,16 @@ def _space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jn
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_strided(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
-  """TF-SAME strided convolution: XLA's own forward (its fastest), a loop-friendly VJP.
+  """TF-SAME strided convolution: XLA's own forward (its fastest) unless the
+  space-to-depth form has thin channels, and a loop-friendly VJP.
 
   XLA differentiates a strided convolution with an input-dilated convolution
   (slow on XLA:CPU) and a batch-contracting one (slow inside a rolled scan).
-  Here d/dx is the input gradient of the equivalent space-to-depth stride-1
-  convolution, and d/dkernel is one matrix product per kernel tap.
+  Here both gradients are those of the equivalent space-to-depth stride-1
+  convolution (``_conv_stride1``).
   """
+  if x.shape[-1] * stride * stride <= THIN_CHANNELS or kernel.shape[-1] <= THIN_CHANNELS:
+    return _space_to_depth_conv(x, kernel, stride)
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
                                       dimension_numbers=_DIMS)
 
@@ -222,15 +311,7 @@ def _conv_strided_fwd(x, kernel, stride):
 
 def _conv_strided_bwd(stride, res, dy):
   x, kernel = res
-  dx = jax.vjp(lambda x: _space_to_depth_conv(x, kernel, stride), x)[1](dy)[0]
-  k = kernel.shape[0]
-  n, ho, wo, _ = dy.shape
-  xp = jnp.pad(x, ((0, 0), same_padding(x.shape[1], k, stride),
-                   same_padding(x.shape[2], k, stride), (0, 0)))
-  taps = [[jnp.einsum("nhwc,nhwo->co", jax.lax.slice(
-      xp, (0, a, b, 0), (n, a + (ho - 1) * stride + 1, b + (wo - 1) * stride + 1, x.shape[3]),
-      (1, stride, stride, 1)), dy) for b in range(k)] for a in range(k)]
-  return dx, jnp.stack([jnp.stack(row) for row in taps])
+  return jax.vjp(lambda x, k: _space_to_depth_conv(x, k, stride), x, kernel)[1](dy)
 
 
 _conv_strided.defvjp(_conv_strided_fwd, _conv_strided_bwd)

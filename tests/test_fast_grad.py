@@ -39,7 +39,12 @@ def _assert_tree_close(want, got, rtol=1e-4):
     (5, 3, 2, 8, 1, (20, 20)),       # Atari decoder: x4 up-scale, 8x8 kernel
     (9, 2, 3, 3, 1, (27, 27)),       # x3, odd kernel
     (10, 2, 3, 4, 1, (21, 21)),      # non-integer factor: gather resize
-    (7, 2, 3, 5, 1, None),           # plain stride-1
+    (7, 2, 3, 5, 1, None),           # plain stride-1, thin in and out: matrix products
+    (8, 2, 9, 3, 1, None),           # thin input only: im2col forward, col2im d/dx
+    (8, 9, 2, 3, 1, None),           # thin output only: shifted-sum forward and VJP
+    (6, 6, 7, 3, 1, None),           # neither thin: XLA forward, per-tap d/dkernel
+    (12, 5, 6, 4, 2, None),          # strided, neither thin after space-to-depth
+    (10, 2, 5, 4, 2, None),          # strided, 8 space-to-depth channels, 5 outputs
 ])
 def test_conv2d_value_and_gradients_match_lax(size, c_in, c_out, k, stride, resize_to):
   x = jax.random.normal(jax.random.key(0), (2, size, size, c_in))
