@@ -256,13 +256,22 @@ def _conv_stride1_bwd(padding, res, dy):
     # d/dx: correlate dy with the flipped kernel, in/out channels swapped.
     flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
     dx = _conv(dy, flipped, [(k[i] - 1 - padding[i][0], k[i] - 1 - padding[i][1]) for i in (0, 1)])
-  # d/dkernel: per tap, one matrix product of the shifted input, channel-major
-  # [C, N*H*W] (sliced from one transposed copy of x), and dy [N*H*W, F].
-  xt = jax.lax.optimization_barrier(_pad_spatial(x, padding).transpose(3, 0, 1, 2))
-  h, w = dy.shape[1:3]
-  dy2 = dy.reshape(-1, dy.shape[-1])
-  dk = jnp.stack([xt[:, :, a:a + h, b:b + w].reshape(xt.shape[0], -1) @ dy2
-                  for a in range(k[0]) for b in range(k[1])]).reshape(kernel.shape)
+  # d/dkernel: per tap, one matrix product of the channel-major input [C, pixels]
+  # (one transposed copy of x) and dy [pixels, F], one of them shifted by the tap:
+  # the copies of shifted views cost more than the products, so shift the thinner.
+  xp = _pad_spatial(x, padding)
+  xt = jax.lax.optimization_barrier(xp.transpose(3, 0, 1, 2))
+  n, hp, wp, c = xp.shape
+  h, w, f = dy.shape[1:]
+  if f < c:
+    xt = xt.reshape(c, -1)
+    dk = [xt @ _pad_spatial(dy, ((a, hp - h - a), (b, wp - w - b))).reshape(-1, f)
+          for a in range(k[0]) for b in range(k[1])]
+  else:
+    dy2 = dy.reshape(-1, f)
+    dk = [xt[:, :, a:a + h, b:b + w].reshape(c, -1) @ dy2
+          for a in range(k[0]) for b in range(k[1])]
+  dk = jnp.stack(dk).reshape(kernel.shape)
   return dx, dk
 
 

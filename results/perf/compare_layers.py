@@ -24,8 +24,8 @@ from rnem_jax import benchmark, layers, train
 from rnem_jax.model import build_network, init_params
 
 flags.DEFINE_string("old", "/tmp/layers_old.py", "the older layers.py")
-flags.DEFINE_list("shapes", ["16,5,10,64,full", "16,5,10,64,1", "8,5,30,64,full",
-                             "16,5,20,32,full"], "B,K,T,image_size,unroll per comparison")
+flags.DEFINE_multi_string("shape", ["16,5,10,64,full", "16,5,10,64,1", "8,5,30,64,full",
+                                    "16,5,20,32,full"], "B,K,T,image_size,unroll (repeatable)")
 flags.DEFINE_integer("calls", 6, "timed calls of each step (after one warm-up call)")
 flags.DEFINE_string("out", "", "write the results here (JSON)")
 FLAGS = flags.FLAGS
@@ -77,7 +77,7 @@ def main(argv):
   sys.modules["layers_old"] = old  # flax's dataclasses look their module up
   spec.loader.exec_module(old)
   rows = []
-  for shape in FLAGS.shapes:
+  for shape in FLAGS.shape:
     B, K, T, size, unroll = shape.split(",")
     unroll = True if unroll == "full" else int(unroll)
     row = compare(old.conv2d, int(B), int(K), int(T), int(size), unroll, FLAGS.calls)
