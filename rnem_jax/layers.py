@@ -192,7 +192,8 @@ def _conv_valid(xp: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
 def _thin_output_vjp(x, kernel, padding, dy):
   """Both gradients of a stride-1 convolution with few output channels, as matrix products.
 
-  The k*k shifted views of ``dy`` stacked on channels (``dz``, k*k*F channels:
+  ``x: [N, H, W, C]``, ``kernel: [k, k, C, F]``, ``dy: [N, H', W', F]`` ->
+  ``(dx [N, H, W, C], dW [k, k, C, F])``. The k*k shifted views of ``dy`` stacked on channels (``dz``, k*k*F channels:
   few) give ``dx = dz W^T`` and ``dW = dz^T x``; the latter contracts over
   pixels with ``dz`` channel-major, the layout XLA:CPU multiplies fastest.
   """
@@ -214,7 +215,8 @@ def _thin_output_vjp(x, kernel, padding, dy):
 def _thin_input_dx(x_shape, kernel, padding, dy):
   """Input gradient of a stride-1 convolution with few input channels (col2im).
 
-  ``dy W^T`` gives every output pixel's k*k*C input shares at once (few
+  ``x_shape = (N, H, W, C)``, ``kernel: [k, k, C, F]``, ``dy: [N, H', W', F]`` ->
+  ``dx [N, H, W, C]``. ``dy W^T`` gives every output pixel's k*k*C input shares at once (few
   channels); each tap's share is summed into the input at its offset.
   """
   k, _, c, f = kernel.shape
@@ -235,7 +237,7 @@ def _conv_stride1(x: jnp.ndarray, kernel: jnp.ndarray, padding) -> jnp.ndarray:
   code but not inside a ``while`` loop (a rolled ``lax.scan``), where it runs
   ~10x slower. Here d/dx is a forward convolution with the flipped kernel and
   d/dkernel a matrix product per tap ([C, N*H*W] shifted input times dy
-  [N*H*W, F]; 1.5-2x faster than one batch-contracting convolution); thin
+  [N*H*W, F]; per layer up to 2x faster than one batch-contracting convolution); thin
   channels use matrix products throughout (see ``_conv_valid``).
   """
   return _conv_valid(_pad_spatial(x, padding), kernel)
