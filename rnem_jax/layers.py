@@ -162,6 +162,13 @@ def _pad_spatial(x: jnp.ndarray, padding) -> jnp.ndarray:
   return jax.lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
 
 
+def _tap_shifts(k: int, out_hw, padded_hw) -> list:
+  """Per tap (a, b), row-major: the ``_pad_spatial`` padding that puts an output-sized
+  ``[N, H', W', .]`` array at offset (a, b) of the padded input grid ``padded_hw``."""
+  (h, w), (hp, wp) = out_hw, padded_hw
+  return [((a, hp - h - a), (b, wp - w - b)) for a in range(k) for b in range(k)]
+
+
 def _taps_matrix(kernel: jnp.ndarray) -> jnp.ndarray:
   """``[k, k, C, F] -> [C, k*k*F]``: column block ``a*k + b`` is tap ``(a, b)``."""
   k, _, c, f = kernel.shape
@@ -193,15 +200,14 @@ def _thin_output_vjp(x, kernel, padding, dy):
   """Both gradients of a stride-1 convolution with few output channels, as matrix products.
 
   ``x: [N, H, W, C]``, ``kernel: [k, k, C, F]``, ``dy: [N, H', W', F]`` ->
-  ``(dx [N, H, W, C], dW [k, k, C, F])``. The k*k shifted views of ``dy`` stacked on channels (``dz``, k*k*F channels:
-  few) give ``dx = dz W^T`` and ``dW = dz^T x``; the latter contracts over
-  pixels with ``dz`` channel-major, the layout XLA:CPU multiplies fastest.
+  ``(dx [N, H, W, C], dW [k, k, C, F])``. The k*k shifted views of ``dy``
+  stacked on channels (``dz``, k*k*F channels: few) give ``dx = dz W^T`` and
+  ``dW = dz^T x``; the latter contracts over pixels with ``dz`` channel-major,
+  the layout XLA:CPU multiplies fastest.
   """
   k, _, c, f = kernel.shape
   xp = _pad_spatial(x, padding)
-  hp, wp = xp.shape[1:3]
-  h, w = dy.shape[1:3]
-  shifts = [((a, hp - h - a), (b, wp - w - b)) for a in range(k) for b in range(k)]
+  shifts = _tap_shifts(k, dy.shape[1:3], xp.shape[1:3])
   dz = jnp.concatenate([_pad_spatial(dy, s) for s in shifts], -1)
   dxp = jnp.einsum("nhwo,co->nhwc", dz, _taps_matrix(kernel))
   dyt = jax.lax.optimization_barrier(dy.transpose(3, 0, 1, 2))
@@ -216,15 +222,14 @@ def _thin_input_dx(x_shape, kernel, padding, dy):
   """Input gradient of a stride-1 convolution with few input channels (col2im).
 
   ``x_shape = (N, H, W, C)``, ``kernel: [k, k, C, F]``, ``dy: [N, H', W', F]`` ->
-  ``dx [N, H, W, C]``. ``dy W^T`` gives every output pixel's k*k*C input shares at once (few
-  channels); each tap's share is summed into the input at its offset.
+  ``dx [N, H, W, C]``. ``dy W^T`` gives every output pixel's k*k*C input shares
+  at once (few channels); each tap's share is summed into the input at its offset.
   """
   k, _, c, f = kernel.shape
-  h, w = dy.shape[1:3]
-  hp, wp = (x_shape[i + 1] + sum(padding[i]) for i in (0, 1))
+  padded_hw = [x_shape[i + 1] + sum(padding[i]) for i in (0, 1)]
   dcols = jnp.einsum("nhwo,io->nhwi", dy, kernel.reshape(k * k * c, f))
-  parts = [_pad_spatial(dcols[..., (a * k + b) * c:(a * k + b + 1) * c],
-                        ((a, hp - h - a), (b, wp - w - b))) for a in range(k) for b in range(k)]
+  parts = [_pad_spatial(dcols[..., i * c:(i + 1) * c], shift)
+           for i, shift in enumerate(_tap_shifts(k, dy.shape[1:3], padded_hw))]
   return _pad_spatial(functools.reduce(jnp.add, parts), [(-lo, -hi) for lo, hi in padding])
 
 
@@ -267,8 +272,8 @@ def _conv_stride1_bwd(padding, res, dy):
   h, w, f = dy.shape[1:]
   if f < c:
     xt = xt.reshape(c, -1)
-    dk = [xt @ _pad_spatial(dy, ((a, hp - h - a), (b, wp - w - b))).reshape(-1, f)
-          for a in range(k[0]) for b in range(k[1])]
+    dk = [xt @ _pad_spatial(dy, shift).reshape(-1, f)
+          for shift in _tap_shifts(k[0], (h, w), (hp, wp))]
   else:
     dy2 = dy.reshape(-1, f)
     dk = [xt[:, :, a:a + h, b:b + w].reshape(c, -1) @ dy2
