@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from rnem_jax import em, evaluate, layers, train
+from rnem_jax import em, evaluate, host_memory, layers, train
 from rnem_jax.config import MODELS
 from rnem_jax.model import build_network, default_model_config, init_params
 
@@ -58,6 +58,9 @@ flags.DEFINE_integer("repeats", 5, "timed calls per measurement (after one warm-
 flags.DEFINE_list("parts", ["train", "forward", "eval"], "what to time")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n float32 matmul ceiling")
 flags.DEFINE_string("json", "", "write the results here")
+flags.DEFINE_enum("host_allocator", None, list(host_memory.MODES),
+                  "reuse: glibc keeps freed memory (rnem_jax.host_memory; the default) | system: "
+                  "glibc's defaults (default: $RNEM_HOST_ALLOCATOR, else reuse)")
 
 GB = 1024.0 ** 3
 
@@ -254,7 +257,10 @@ def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, re
         box[0], metrics = compiled(box[0], {"features": batch["features"]}, key)
         jax.block_until_ready(metrics)
 
+      faults = host_memory.minor_page_faults()
       res["train_step_s"], res["train_step_all_s"] = time_calls(one_step, repeats)
+      res["train_page_faults_per_step"] = (host_memory.minor_page_faults() - faults) / (
+          repeats + 1)
       res["gflops_per_s"] = res["train_gflop"] / res["train_step_s"]
       del box, state, compiled
     if "forward" in parts:
@@ -284,7 +290,8 @@ def format_table(rows: list[dict], ceiling: float) -> str:
   cols = [("conv_impl", "{}"), ("unroll", "{}"), ("remat", "{}"), ("compile_s", "{:.1f}"),
           ("train_step_s", "{:.3f}"), ("gflops_per_s", "{:.1f}"), ("ratio", "{:.2f}"),
           ("forward_s", "{:.3f}"), ("eval_s", "{:.3f}"), ("train_gflop", "{:.1f}"),
-          ("train_xla_gflop", "{:.1f}"), ("peak_rss_gb", "{:.2f}"), ("train_xla_temp_gb", "{:.2f}")]
+          ("train_xla_gflop", "{:.1f}"), ("peak_rss_gb", "{:.2f}"), ("train_xla_temp_gb", "{:.2f}"),
+          ("train_page_faults_per_step", "{:.0f}")]
   lines = [" | ".join(c for c, _ in cols)]
   for r in rows:
     r = dict(r, ratio=r.get("gflops_per_s", float("nan")) / ceiling)
@@ -310,6 +317,7 @@ def benchmark(*, model: str = "rnem", architecture: str = "balls", B: int = 16,
   out = dict(variants[0])
   out.update(
       model=model, matmul_gflops_per_s=ceiling,
+      host_allocator="reuse" if host_memory.in_effect() else "system",
       matmul_gflops_per_s_before_after=[before["numpy"], after["numpy"]],
       jnp_matmul_gflops_per_s=max(before["jnp"], after["jnp"]), variants=variants,
       backend=jax.default_backend(), device=str(jax.devices()[0]),
@@ -320,6 +328,8 @@ def benchmark(*, model: str = "rnem", architecture: str = "balls", B: int = 16,
 
 def main(argv):
   del argv
+  # Before the first computation (see rnem_jax.host_memory).
+  host_memory.reuse_freed_memory(FLAGS.host_allocator)
   unroll = True if FLAGS.unroll == "full" else int(FLAGS.unroll)
   out = benchmark(model=FLAGS.model, architecture=FLAGS.architecture, B=FLAGS.batch,
                   K=FLAGS["K"].value if FLAGS["K"].present else None, T=FLAGS.T,

@@ -30,6 +30,8 @@ def test_cli_writes_json_with_the_required_keys(tmp_path):
     assert result[key] > 0, key
   assert (result["B"], result["K"], result["T"], result["image_size"]) == (2, 2, 2, 16)
   assert result["gflops_per_s"] == pytest.approx(result["train_gflop"] / result["train_step_s"])
+  assert result["host_allocator"] in ("reuse", "system")
+  assert result["train_page_faults_per_step"] >= 0
 
 
 def test_jaxpr_flops_counts_convolutions_and_matmuls():
