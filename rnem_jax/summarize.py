@@ -15,6 +15,13 @@ T or K are refused rather than averaged.
 ``--report_dir`` also writes ``summary.md`` (mean ± std tables and the paper's
 claims checked against them), ``figure3_seeds.png`` and ``rollout_seeds.png``.
 
+``--pool=SUMMARY.json`` merges the summary of other seeds of the same models (whose run
+directories may be gone) into this one, exactly: the mean and the ddof=1 standard deviation of
+the union of the seeds, from each side's mean, std and count (``pool``):
+
+  python -m rnem_jax.summarize --runs=RUNS/cpu_4000/rnem_s2,RUNS/cpu_4000/rnn_em_s2 \
+      --pool=results/cpu/seeds_4000/summary.json --out=results/cpu/seeds_4000_3/summary.json
+
 ``--budget_dir`` compares training budgets run by run instead (the same model and seed
 evaluated after different numbers of steps, from copies of its workdir):
 
@@ -77,6 +84,7 @@ def summarize(workdirs: Sequence[str]) -> dict:
   summary = {}
   for name, dirs in sorted(groups.items()):
     out = {}
+    seeds = [(_read(os.path.join(d, "config.json")) or {}).get("seed") for d in dirs]
     for filename, suffix in FILES:
       records = [r for r in (_read(os.path.join(d, filename)) for d in dirs) if r is not None]
       if not records:
@@ -109,8 +117,68 @@ def summarize(workdirs: Sequence[str]) -> dict:
           variant: _curve_stats([a["bce_per_step"][variant] for a in ablations])
           for variant in ablations[0]["bce_per_step"]}
     if out:   # runs still training (nothing evaluated yet) are left out
+      if None not in seeds:
+        out["seed_ids"] = sorted(seeds)
       summary[name] = out
   return summary
+
+
+def _pool_stats(a: dict, b: dict) -> dict:
+  """Mean and ddof=1 std of the union of two disjoint seed sets, from their stats (scalars or
+  per-step lists): the combined sum of squares is each side's plus the between-means term."""
+  na, nb = a["seeds"], b["seeds"]
+  n = na + nb
+  ma, mb = np.asarray(a["mean"], np.float64), np.asarray(b["mean"], np.float64)
+  sa, sb = np.asarray(a["std"], np.float64), np.asarray(b["std"], np.float64)
+  ss = (na - 1) * sa ** 2 + (nb - 1) * sb ** 2 + na * nb / n * (ma - mb) ** 2
+  mean, std = (na * ma + nb * mb) / n, np.sqrt(ss / (n - 1))
+  if mean.ndim:
+    return {**a, "mean": mean.tolist(), "std": std.tolist(), "seeds": int(n)}
+  return {**a, "mean": float(mean), "std": float(std), "seeds": int(n)}
+
+
+def _is_stats(v) -> bool:
+  return isinstance(v, dict) and {"mean", "std", "seeds"} <= set(v)
+
+
+def pool(a: dict, b: dict) -> dict:
+  """Merges two summaries (``summarize``'s format) of disjoint seeds into one, exactly.
+
+  Per model and metric the result is what ``summarize`` gives on the union of the runs: the
+  mean over all seeds and the ddof=1 standard deviation. A metric (or model) on one side only
+  is kept as it is. Raises ValueError when both sides name their seeds (``seed_ids``) and
+  share one, or when a per-step curve differs in length; where a side does not name its
+  seeds (summaries written before ``seed_ids``), disjointness is the caller's to ensure.
+  """
+  out = {}
+  for name in sorted(set(a) | set(b)):
+    if name not in a or name not in b:
+      out[name] = dict(a.get(name) or b[name])
+      continue
+    ma, mb = a[name], b[name]
+    ids_a, ids_b = ma.get("seed_ids"), mb.get("seed_ids")
+    if ids_a is not None and ids_b is not None and set(ids_a) & set(ids_b):
+      raise ValueError(f"{name}: both summaries hold seed(s) {sorted(set(ids_a) & set(ids_b))}; "
+                       "pool disjoint seeds only")
+    merged = {}
+    for key in sorted(set(ma) | set(mb)):
+      va, vb = ma.get(key), mb.get(key)
+      if key == "seed_ids":
+        continue
+      if va is None or vb is None:
+        merged[key] = va if vb is None else vb
+      elif _is_stats(va):
+        if np.shape(va["mean"]) != np.shape(vb["mean"]):
+          raise ValueError(f"{name}.{key}: curves of different lengths cannot be pooled")
+        merged[key] = _pool_stats(va, vb)
+      elif key == "rollout_ablation":
+        merged[key] = pool({"_": va}, {"_": vb})["_"]
+      else:  # data-only references, num_real_steps: the same on both sides
+        merged[key] = va
+    if ids_a is not None and ids_b is not None:
+      merged["seed_ids"] = sorted(ids_a + ids_b)
+    out[name] = merged
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -514,6 +582,9 @@ def main(argv=None) -> None:
   parser.add_argument("--out", default="", help="summary JSON to write")
   parser.add_argument("--report_dir", default="",
                       help="also write summary.md and the seed-averaged figures here")
+  parser.add_argument("--pool", default="",
+                      help="comma-separated summary JSONs of other (disjoint) seeds of the same "
+                           "models, merged into this summary exactly (see pool)")
   parser.add_argument("--budget_dir", default="",
                       help="write budget.{json,md} and validation_curves.png here: one row per "
                            "run (e.g. one seed after 800 and after 4000 steps), no averaging")
@@ -527,6 +598,10 @@ def main(argv=None) -> None:
   if not args.out:
     return
   summary = summarize(workdirs)
+  for path in filter(None, args.pool.split(",")):
+    if not os.path.exists(path):
+      parser.error(f"--pool: no such file {path}")
+    summary = pool(_read(path), summary)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(summary, f, indent=2)

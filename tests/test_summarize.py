@@ -249,3 +249,65 @@ def test_budget_cli_writes_table_json_and_curves(tmp_path):
   assert not (tmp_path / "summary.json").exists()
   with pytest.raises(SystemExit):
     summarize.main([f"--runs={runs[0]}"])   # neither --out nor --budget_dir
+
+
+def _seeded_run(path, name, seed, bce, rollout, ablation):
+  wd = _run(path, name, {"bce_last": bce, "ari_last": bce / 200}, rollout=rollout)
+  (path / "config.json").write_text(json.dumps({"name": name, "seed": seed}))
+  (path / "rollout_ablation.json").write_text(json.dumps(
+      {"dataset": "d", "bce_per_step": {"full": ablation, "true_gamma": [a / 2 for a in ablation]}}))
+  return wd
+
+
+def test_pooling_two_summaries_equals_summarizing_all_their_runs(tmp_path):
+  rng = np.random.default_rng(0)
+  runs = {}
+  for name, seeds in (("rnem_cpu", range(5)), ("rnn_cpu", range(2))):
+    for s in seeds:
+      runs[(name, s)] = _seeded_run(tmp_path / f"{name}{s}", name, s, float(rng.uniform(80, 120)),
+                                    rng.uniform(0, 9, 4).tolist(), rng.uniform(0, 9, 3).tolist())
+  first = [runs[("rnem_cpu", s)] for s in (0, 1)] + [runs[("rnn_cpu", 0)], runs[("rnn_cpu", 1)]]
+  second = [runs[("rnem_cpu", s)] for s in (2, 3, 4)]
+  pooled = summarize.pool(summarize.summarize(first), summarize.summarize(second))
+  full = summarize.summarize(list(runs.values()))
+  assert pooled.keys() == full.keys()
+  for name in full:
+    assert pooled[name].keys() == full[name].keys(), name
+  for metric in ("bce_last", "ari_last"):
+    for field in ("mean", "std"):
+      assert pooled["rnem_cpu"][metric][field] == pytest.approx(full["rnem_cpu"][metric][field])
+    assert pooled["rnem_cpu"][metric]["seeds"] == 5
+  np.testing.assert_allclose(pooled["rnem_cpu"]["rollout_bce"]["std"],
+                             full["rnem_cpu"]["rollout_bce"]["std"])
+  assert pooled["rnem_cpu"]["rollout_bce"]["num_real_steps"] == 2
+  for variant in ("full", "true_gamma"):
+    np.testing.assert_allclose(pooled["rnem_cpu"]["rollout_ablation"][variant]["mean"],
+                               full["rnem_cpu"]["rollout_ablation"][variant]["mean"])
+  assert pooled["rnem_cpu"]["seed_ids"] == [0, 1, 2, 3, 4]
+  assert pooled["rnn_cpu"] == full["rnn_cpu"]  # on one side only: as it was
+  # One seed alone pools like any other set (its std is 0 with 1 seed).
+  one = summarize.summarize([runs[("rnem_cpu", 4)]])
+  four = summarize.summarize([runs[("rnem_cpu", s)] for s in range(4)])
+  assert summarize.pool(four, one)["rnem_cpu"]["bce_last"]["std"] == pytest.approx(
+      full["rnem_cpu"]["bce_last"]["std"])
+
+
+def test_pooling_the_same_seed_twice_is_refused(tmp_path):
+  a = _seeded_run(tmp_path / "a", "rnem_cpu", 1, 90.0, [1.0, 2.0], [1.0])
+  b = _seeded_run(tmp_path / "b", "rnem_cpu", 1, 95.0, [1.0, 2.0], [1.0])
+  with pytest.raises(ValueError, match="seed"):
+    summarize.pool(summarize.summarize([a]), summarize.summarize([b]))
+
+
+def test_cli_pools_an_earlier_summary(tmp_path):
+  a = _seeded_run(tmp_path / "a", "rnem_cpu", 0, 90.0, [1.0, 2.0], [1.0])
+  b = _seeded_run(tmp_path / "b", "rnem_cpu", 1, 100.0, [3.0, 2.0], [3.0])
+  earlier = tmp_path / "earlier.json"
+  earlier.write_text(json.dumps(summarize.summarize([a])))
+  out = tmp_path / "pooled.json"
+  summarize.main([f"--runs={b}", f"--pool={earlier}", f"--out={out}"])
+  pooled = json.loads(out.read_text())
+  assert pooled["rnem_cpu"]["bce_last"]["mean"] == pytest.approx(95.0)
+  assert pooled["rnem_cpu"]["bce_last"]["std"] == pytest.approx(np.std([90, 100], ddof=1))
+  with pytest.raises(SystemExit):
+    summarize.main([f"--runs={b}", f"--pool={tmp_path / 'missing.json'}", f"--out={out}"])
