@@ -14,6 +14,11 @@
 #   JOBS=2 bash launch/reproduce_cpu.sh                # two 1-thread runs side by side
 #   RUN_LIST="rnem:0 rnn_em:0 rnn:0" bash launch/reproduce_cpu.sh   # explicit model:seed runs
 #   CONFIG=configs/curtain.py MODELS="rnem lstm rnn" SEEDS=0 OUT=results/cpu_curtain bash ...
+#   ARCHIVE=results/cpu/runs bash launch/reproduce_cpu.sh  # also keep each run's small outputs
+#
+# ARCHIVE copies each run's JSON outputs and train_log.jsonl (tens of KB, no checkpoints) to
+# $ARCHIVE/<model>_s<seed>: a run directory that rnem_jax.summarize reads like the original,
+# so the summary can be regenerated (or pooled with new seeds) after the workdirs are gone.
 #
 # Runs go seed-major (every model's seed 0 first), so a partial sitting still covers every
 # model. Raising STEPS later resumes the finished runs from their checkpoints.
@@ -76,6 +81,16 @@ PY
 for r in $RUN_LIST; do echo "${r%%:*} ${r##*:}"; done \
   | xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"'
 
+if [ -n "${ARCHIVE:-}" ]; then
+  for r in $RUN_LIST; do
+    wd="$RUNS/${r%%:*}_s${r##*:}"; dest="$ARCHIVE/$(basename "$wd")"
+    mkdir -p "$dest"
+    for f in config.json train_log.jsonl metrics.json metrics_extrapolation.json rollout.json \
+             rollout_ablation.json occlusion.json; do
+      if [ -f "$wd/$f" ]; then cp "$wd/$f" "$dest/"; fi
+    done
+  done
+fi
 dirs=$(for r in $RUN_LIST; do echo -n "$RUNS/${r%%:*}_s${r##*:},"; done)
 python -m rnem_jax.summarize --runs="$dirs" --out="$OUT/summary.json" --report_dir="$OUT"
 python -m rnem_jax.visualize --mode=report --runs="${dirs%,}" --out="$OUT/per_run"
