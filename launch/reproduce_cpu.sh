@@ -67,16 +67,18 @@ if [ -z "${RUN_LIST:-}" ]; then
   RUN_LIST=$(for s in $SEEDS; do for m in $MODELS; do echo -n "$m:$s "; done; done)
 fi
 
-# Build the datasets once, before parallel runs race to build them.
-python - "$SCALE" "$DATA_DIR" "$CONFIG" <<'PY'
+# Build the datasets once, before parallel runs race to build them. The names come from the
+# config; the build itself runs as `python -m rnem_jax.data build` because its worker processes
+# are spawned and must be able to re-import the main module (a script read from stdin cannot).
+datasets=$(python - "$SCALE" "$CONFIG" <<'PY'
 import importlib.util, sys
-from rnem_jax import data
-spec = importlib.util.spec_from_file_location("experiment", sys.argv[3])
+spec = importlib.util.spec_from_file_location("experiment", sys.argv[2])
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 cfg = m.get_config(sys.argv[1])
-for name in filter(None, [cfg.dataset, cfg.extrapolation.dataset]):
-  data.ensure_built(name, sys.argv[2])
+print(" ".join(filter(None, [cfg.dataset, cfg.extrapolation.dataset])))
 PY
+)
+for name in $datasets; do python -m rnem_jax.data build "$name" --data_dir="$DATA_DIR"; done
 
 for r in $RUN_LIST; do echo "${r%%:*} ${r##*:}"; done \
   | xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"'
