@@ -83,9 +83,10 @@ for name in $datasets; do python -m rnem_jax.data build "$name" --data_dir="$DAT
 for r in $RUN_LIST; do echo "${r%%:*} ${r##*:}"; done \
   | xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"'
 
+workdirs=$(for r in $RUN_LIST; do echo "$RUNS/${r%%:*}_s${r##*:}"; done)
 if [ -n "${ARCHIVE:-}" ]; then
-  for r in $RUN_LIST; do
-    wd="$RUNS/${r%%:*}_s${r##*:}"; dest="$ARCHIVE/$(basename "$wd")"
+  for wd in $workdirs; do
+    dest="$ARCHIVE/$(basename "$wd")"
     mkdir -p "$dest"
     for f in config.json train_log.jsonl metrics.json metrics_extrapolation.json rollout.json \
              rollout_ablation.json occlusion.json; do
@@ -93,7 +94,7 @@ if [ -n "${ARCHIVE:-}" ]; then
     done
   done
 fi
-dirs=$(for r in $RUN_LIST; do echo -n "$RUNS/${r%%:*}_s${r##*:},"; done)
+dirs=$(printf '%s,' $workdirs)
 python -m rnem_jax.summarize --runs="$dirs" --out="$OUT/summary.json" --report_dir="$OUT"
 python -m rnem_jax.visualize --mode=report --runs="${dirs%,}" --out="$OUT/per_run"
 for r in ${FIGURE_RUNS:-rnem:0 rnn_em:0 rnn:0}; do
