@@ -227,6 +227,20 @@ def synthetic_batch(key, T: int, B: int, image_size: int, channels: int = 1) -> 
           "groups": jax.random.randint(kg, shape, 0, 4).astype(jnp.float32)}
 
 
+def compile_train_step(network, params, features, key, *, K: int, unroll=True,
+                       remat: bool = False, noise_prob: float = 0.2):
+  """The jitted training step for ``features [T+1, B, H, W, C]``, compiled.
+
+  Returns ``(compiled, state)``: ``compiled(state, {"features": features}, key) -> (state,
+  metrics)``. The step donates its state, so ``state`` holds its own copy of ``params``.
+  """
+  tx = train.make_optimizer(1e-3)
+  state = train.create_train_state(jax.tree_util.tree_map(jnp.copy, params), tx)
+  step = train.make_train_step(network, tx, K=K, noise_prob=noise_prob, unroll=unroll,
+                               remat=remat)
+  return step.lower(state, {"features": features}, key).compile(), state
+
+
 def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, remat: bool,
                 repeats: int, parts=("train", "forward", "eval"), noise_prob: float = 0.2) -> dict:
   """Compiles and times one variant; returns its measurements (see the module docstring)."""
@@ -241,13 +255,9 @@ def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, re
              forward_gflop=fwd_flops / 1e9, train_gflop=3 * fwd_flops / 1e9)
   with layers.conv_implementation(conv_impl):
     if "train" in parts:
-      tx = train.make_optimizer(1e-3)
-      # The step donates its state: give it its own copy of the parameters.
-      state = train.create_train_state(jax.tree_util.tree_map(jnp.copy, params), tx)
-      step = train.make_train_step(network, tx, K=K, noise_prob=noise_prob, unroll=unroll,
-                                   remat=remat)
       t = time.perf_counter()
-      compiled = step.lower(state, {"features": batch["features"]}, key).compile()
+      compiled, state = compile_train_step(network, params, batch["features"], key, K=K,
+                                           unroll=unroll, remat=remat, noise_prob=noise_prob)
       res["compile_s"] = time.perf_counter() - t
       res["train_xla_gflop"] = (xla_flops(compiled) or float("nan")) / 1e9
       res["train_xla_temp_gb"] = xla_temp_gb(compiled)

@@ -27,17 +27,15 @@ FLAGS = flags.FLAGS
 
 def compare(B, K, T, size, unroll, calls):
   import jax
-  from rnem_jax import benchmark, train
+  from rnem_jax import benchmark
   from rnem_jax.model import build_network, init_params
 
   cfg, _ = benchmark.model_config("rnem", size)
   network = build_network(cfg)
   params = init_params(network, jax.random.key(0), K)
   batch = {"features": benchmark.synthetic_batch(jax.random.key(1), T, B, size)["features"]}
-  tx = train.make_optimizer(1e-3)
-  state = train.create_train_state(params, tx)
-  step = train.make_train_step(network, tx, K=K, noise_prob=0.2, unroll=unroll)
-  fn = step.lower(state, batch, jax.random.key(2)).compile()
+  fn, state = benchmark.compile_train_step(network, params, batch["features"],
+                                           jax.random.key(2), K=K, unroll=unroll)
   times = {"kept": [], "handed_back": []}
   faults = {"kept": [], "handed_back": []}
   for r in range(calls + 1):

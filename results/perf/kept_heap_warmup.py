@@ -30,20 +30,17 @@ import ctypes, json, sys
 from rnem_jax import host_memory
 assert host_memory.reuse_freed_memory("reuse")
 import jax
-from rnem_jax import benchmark, train
+from rnem_jax import benchmark
 from rnem_jax.model import build_network, init_params
 
 B, K, T, size, calls = map(int, sys.argv[1:6])
 libc = ctypes.CDLL("libc.so.6")
 libc.sbrk.restype = ctypes.c_void_p
-cfg, _ = benchmark.model_config("rnem", size)
-network = build_network(cfg)
+network = build_network(benchmark.model_config("rnem", size)[0])
 params = init_params(network, jax.random.key(0), K)
 batch = {"features": benchmark.synthetic_batch(jax.random.key(1), T, B, size)["features"]}
-tx = train.make_optimizer(1e-3)
-state = train.create_train_state(params, tx)
-step = train.make_train_step(network, tx, K=K, noise_prob=0.2, unroll=True)
-fn = step.lower(state, batch, jax.random.key(2)).compile()
+fn, state = benchmark.compile_train_step(network, params, batch["features"], jax.random.key(2),
+                                         K=K)
 temp = fn.memory_analysis().temp_size_in_bytes
 faults, growth = [], []
 for _ in range(calls):
