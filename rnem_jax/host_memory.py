@@ -107,3 +107,16 @@ def release_free_memory() -> bool:
 def minor_page_faults() -> int:
   """Minor page faults of this process so far (``getrusage``)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def heap_break() -> int:
+  """The heap's break, ``sbrk(0)``: where glibc's main arena ends. 0 where libc is not glibc.
+
+  With ``reuse_freed_memory`` in effect, a call that moves it by about one buffer carved that
+  buffer from fresh memory (and faulted it in) instead of reusing a freed one.
+  """
+  libc = _glibc()
+  if libc is None:
+    return 0
+  libc.sbrk.restype = ctypes.c_void_p
+  return libc.sbrk(0)

@@ -19,12 +19,10 @@ CALLS = 30
 # all) exceed glibc's 64 MB thread arenas, called CALLS times; prints the page faults of each
 # call and how far it moved the heap's break (sbrk(0)).
 PROGRAM = r"""
-import ctypes, json, sys
+import json, sys
 from rnem_jax import host_memory
 applied = host_memory.reuse_freed_memory()
 import jax, jax.numpy as jnp
-libc = ctypes.CDLL("libc.so.6")
-libc.sbrk.restype = ctypes.c_void_p
 
 @jax.jit
 def f(x):
@@ -37,10 +35,10 @@ compiled = f.lower(x).compile()
 temp = compiled.memory_analysis().temp_size_in_bytes
 faults, growth = [], []
 for _ in range(int(sys.argv[1])):
-  before, brk = host_memory.minor_page_faults(), libc.sbrk(0)
+  before, brk = host_memory.minor_page_faults(), host_memory.heap_break()
   jax.block_until_ready(compiled(x))
   faults.append(host_memory.minor_page_faults() - before)
-  growth.append(libc.sbrk(0) - brk)
+  growth.append(host_memory.heap_break() - brk)
 print(json.dumps(dict(applied=applied, in_effect=host_memory.in_effect(), temp=temp,
                       faults=faults, growth=growth)))
 """
@@ -49,8 +47,8 @@ print(json.dumps(dict(applied=applied, in_effect=host_memory.in_effect(), temp=t
 def _start(mode):
   env = dict(os.environ, RNEM_HOST_ALLOCATOR=mode)
   env.pop("GLIBC_TUNABLES", None)
-  return subprocess.Popen([sys.executable, "-c", PROGRAM, str(CALLS)], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen([sys.executable, "-c", PROGRAM, str(CALLS)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's")

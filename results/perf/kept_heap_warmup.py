@@ -26,7 +26,7 @@ flags.DEFINE_string("out", "", "write the results here (JSON)")
 FLAGS = flags.FLAGS
 
 CHILD = r"""
-import ctypes, json, sys
+import json, sys
 from rnem_jax import host_memory
 assert host_memory.reuse_freed_memory("reuse")
 import jax
@@ -34,8 +34,6 @@ from rnem_jax import benchmark
 from rnem_jax.model import build_network, init_params
 
 B, K, T, size, calls = map(int, sys.argv[1:6])
-libc = ctypes.CDLL("libc.so.6")
-libc.sbrk.restype = ctypes.c_void_p
 network = build_network(benchmark.model_config("rnem", size)[0])
 params = init_params(network, jax.random.key(0), K)
 batch = {"features": benchmark.synthetic_batch(jax.random.key(1), T, B, size)["features"]}
@@ -44,11 +42,11 @@ fn, state = benchmark.compile_train_step(network, params, batch["features"], jax
 temp = fn.memory_analysis().temp_size_in_bytes
 faults, growth = [], []
 for _ in range(calls):
-  f0, b0 = host_memory.minor_page_faults(), libc.sbrk(0)
+  f0, b0 = host_memory.minor_page_faults(), host_memory.heap_break()
   state, metrics = fn(state, batch, jax.random.key(2))
   jax.block_until_ready(metrics)
   faults.append(host_memory.minor_page_faults() - f0)
-  growth.append(libc.sbrk(0) - b0)
+  growth.append(host_memory.heap_break() - b0)
 print(json.dumps(dict(temp_bytes=temp, faults=faults, heap_growth_bytes=growth)))
 """
 
@@ -66,7 +64,6 @@ def main(argv):
     pages = run["temp_bytes"] / 4096
     faulting = [i for i, f in enumerate(run["faults"]) if i and f > 0.5 * pages]
     run["faulting_calls"] = faulting  # 0-based; call 0 always faults the buffer in
-    run["last_faulting_call"] = max(faulting, default=0)
     run["heap_growth_total_gb"] = sum(run["heap_growth_bytes"]) / 2**30
     runs.append(run)
     print(f"process {p}: temp {run['temp_bytes'] / 2**30:.2f} GB, calls faulting the buffer "
