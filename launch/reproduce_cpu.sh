@@ -12,6 +12,7 @@
 #   bash launch/reproduce_cpu.sh                       # everything, defaults below
 #   MODELS="rnem rnn_em" SEEDS="0 1 2" STEPS=6000 bash launch/reproduce_cpu.sh
 #   JOBS=2 bash launch/reproduce_cpu.sh                # two 1-thread runs side by side
+#   JOBS=1 THREADS=0 RUN_LIST="rnem:2" bash ...         # one run on every core (XLA's default)
 #   RUN_LIST="rnem:0 rnn_em:0 rnn:0" bash launch/reproduce_cpu.sh   # explicit model:seed runs
 #   CONFIG=configs/curtain.py MODELS="rnem lstm rnn" SEEDS=0 OUT=results/cpu_curtain bash ...
 #   ARCHIVE=results/cpu/runs bash launch/reproduce_cpu.sh  # also keep each run's small outputs
@@ -32,6 +33,7 @@ SCALE=${SCALE:-cpu}
 STEPS=${STEPS:-3000}
 T=${T:-20}
 JOBS=${JOBS:-2}
+THREADS=${THREADS:-1}  # XLA CPU threads per run: 1 (default; pairs with JOBS=2) or 0 = XLA's own
 RUNS=${RUNS:-$HOME/rnem_runs/cpu}
 OUT=${OUT:-results/cpu}
 DATA_DIR=${DATA_DIR:-${RNEM_DATA_DIR:-$HOME/tensorflow_datasets}}
@@ -42,7 +44,11 @@ run_one() {  # model seed
   local args=(--config="$CONFIG:$1,$SCALE" --workdir="$wd" --config.seed="$2"
               --config.em.T="$T" --config.data_dir="$DATA_DIR"
               --config.train.max_steps="$STEPS" --config.train.max_minutes=0)
-  export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  if [ "$THREADS" = 1 ]; then
+    export XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  elif [ "$THREADS" != 0 ]; then
+    echo "THREADS must be 1 or 0 (XLA's default: every core), got $THREADS" >&2; return 1
+  fi
   if [ -f "$wd/rollout.json" ] && [ -d "$wd/checkpoints/latest/$STEPS" ]; then
     echo "[skip] $1 seed $2: trained and evaluated"
   else
@@ -62,7 +68,7 @@ run_one() {  # model seed
   fi
 }
 export -f run_one
-export RUNS STEPS T SCALE DATA_DIR CONFIG
+export RUNS STEPS T SCALE DATA_DIR CONFIG THREADS
 if [ -z "${RUN_LIST:-}" ]; then
   RUN_LIST=$(for s in $SEEDS; do for m in $MODELS; do echo -n "$m:$s "; done; done)
 fi
