@@ -241,6 +241,23 @@ def compile_train_step(network, params, features, key, *, K: int, unroll=True,
   return step.lower(state, {"features": features}, key).compile(), state
 
 
+def synthetic_train_step(model: str, *, B: int, K: int, T: int, image_size: int, unroll=True,
+                         remat: bool = False):
+  """``model``'s training step, compiled on a synthetic batch ``[T+1, B, H=W=image_size, 1]``.
+
+  The network, its parameters (key 0), the batch (key 1) and the step's key (2) are those of
+  ``run_variant``. Returns ``(compiled, state, batch, key)``: call ``compiled(state, batch,
+  key)``.
+  """
+  network = build_network(model_config(model, image_size)[0])
+  params = init_params(network, jax.random.key(0), K)
+  batch = {"features": synthetic_batch(jax.random.key(1), T, B, image_size)["features"]}
+  key = jax.random.key(2)
+  compiled, state = compile_train_step(network, params, batch["features"], key, K=K,
+                                       unroll=unroll, remat=remat)
+  return compiled, state, batch, key
+
+
 def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, remat: bool,
                 repeats: int, parts=("train", "forward", "eval"), noise_prob: float = 0.2) -> dict:
   """Compiles and times one variant; returns its measurements (see the module docstring)."""

@@ -1,4 +1,4 @@
-"""Training-step time with freed host memory kept or handed back (rnem_jax.host_memory), one process.
+"""Training-step time with freed host memory kept or handed back (rnem_jax.host_memory).
 
 The settings of ``host_memory.reuse_freed_memory`` are process-wide and cannot be undone once
 threads have allocated. So both variants run in one process with them on, and the "handed
@@ -28,14 +28,9 @@ FLAGS = flags.FLAGS
 def compare(B, K, T, size, unroll, calls):
   import jax
   from rnem_jax import benchmark
-  from rnem_jax.model import build_network, init_params
 
-  cfg, _ = benchmark.model_config("rnem", size)
-  network = build_network(cfg)
-  params = init_params(network, jax.random.key(0), K)
-  batch = {"features": benchmark.synthetic_batch(jax.random.key(1), T, B, size)["features"]}
-  fn, state = benchmark.compile_train_step(network, params, batch["features"],
-                                           jax.random.key(2), K=K, unroll=unroll)
+  fn, state, batch, key = benchmark.synthetic_train_step("rnem", B=B, K=K, T=T, image_size=size,
+                                                         unroll=unroll)
   times = {"kept": [], "handed_back": []}
   faults = {"kept": [], "handed_back": []}
   for r in range(calls + 1):
@@ -43,7 +38,7 @@ def compare(B, K, T, size, unroll, calls):
       if name == "handed_back":
         host_memory.release_free_memory()
       f0, t = host_memory.minor_page_faults(), time.perf_counter()
-      state, metrics = fn(state, batch, jax.random.key(2))
+      state, metrics = fn(state, batch, key)
       jax.block_until_ready(metrics)
       if r:
         times[name].append(time.perf_counter() - t)

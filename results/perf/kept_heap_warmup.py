@@ -31,19 +31,15 @@ from rnem_jax import host_memory
 assert host_memory.reuse_freed_memory("reuse")
 import jax
 from rnem_jax import benchmark
-from rnem_jax.model import build_network, init_params
 
 B, K, T, size, calls = map(int, sys.argv[1:6])
-network = build_network(benchmark.model_config("rnem", size)[0])
-params = init_params(network, jax.random.key(0), K)
-batch = {"features": benchmark.synthetic_batch(jax.random.key(1), T, B, size)["features"]}
-fn, state = benchmark.compile_train_step(network, params, batch["features"], jax.random.key(2),
-                                         K=K)
+fn, state, batch, key = benchmark.synthetic_train_step("rnem", B=B, K=K, T=T,
+                                                       image_size=size)
 temp = fn.memory_analysis().temp_size_in_bytes
 faults, growth = [], []
 for _ in range(calls):
   f0, b0 = host_memory.minor_page_faults(), host_memory.heap_break()
-  state, metrics = fn(state, batch, jax.random.key(2))
+  state, metrics = fn(state, batch, key)
   jax.block_until_ready(metrics)
   faults.append(host_memory.minor_page_faults() - f0)
   growth.append(host_memory.heap_break() - b0)
