@@ -17,6 +17,11 @@
 #   CONFIG=configs/curtain.py MODELS="rnem lstm rnn" SEEDS=0 OUT=results/cpu_curtain bash ...
 #   ARCHIVE=results/cpu/runs bash launch/reproduce_cpu.sh  # also keep each run's small outputs
 #
+# On this 2-core machine one run on both cores is the faster way through a run list: R-NEM's
+# 4000 cpu-scale steps took 67 minutes alone with THREADS=0 (0.99 steps/s, validation
+# included), against about 0.40 steps/s each for two 1-thread runs side by side (R-NEM and
+# RNN-EM, 3200 steps each in about 2.2 hours with their evaluation; 0.81 together).
+#
 # ARCHIVE copies each run's JSON outputs and train_log.jsonl (tens of KB, no checkpoints) to
 # $ARCHIVE/<model>_s<seed>: a run directory that rnem_jax.summarize reads like the original,
 # so the summary can be regenerated (or pooled with new seeds) after the workdirs are gone.
