@@ -17,10 +17,10 @@
 #   CONFIG=configs/curtain.py MODELS="rnem lstm rnn" SEEDS=0 OUT=results/cpu_curtain bash ...
 #   ARCHIVE=results/cpu/runs bash launch/reproduce_cpu.sh  # also keep each run's small outputs
 #
-# On this 2-core machine one run on both cores is the faster way through a run list: R-NEM's
-# 4000 cpu-scale steps took 67 minutes alone with THREADS=0 (0.99 steps/s, validation
-# included), against about 0.40 steps/s each for two 1-thread runs side by side (R-NEM and
-# RNN-EM, 3200 steps each in about 2.2 hours with their evaluation; 0.81 together).
+# On this 2-core machine both ways give about the same throughput: R-NEM's 4000 cpu-scale steps
+# took 67 minutes alone with THREADS=0 (0.99 steps/s, validation included), and two 1-thread
+# runs side by side made 0.52 steps/s each (1.04 together; seed 0 of R-NEM and RNN-EM). One
+# run on both cores finishes each run in half the time, which suits a sitting too short for two.
 #
 # ARCHIVE copies each run's JSON outputs and train_log.jsonl (tens of KB, no checkpoints) to
 # $ARCHIVE/<model>_s<seed>: a run directory that rnem_jax.summarize reads like the original,
