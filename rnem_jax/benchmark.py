@@ -241,18 +241,27 @@ def compile_train_step(network, params, features, key, *, K: int, unroll=True,
   return step.lower(state, {"features": features}, key).compile(), state
 
 
+def synthetic_inputs(model_cfg, *, B: int, K: int, T: int):
+  """``(network, params, batch, key)`` of every timed variant: ``model_cfg``'s network, its
+  parameters (key 0), a ``synthetic_batch`` (key 1; ``features`` and ``groups``
+  ``[T+1, B, H, W, C]``) and the step's key (2)."""
+  network = build_network(model_cfg)
+  params = init_params(network, jax.random.key(0), K)
+  batch = synthetic_batch(jax.random.key(1), T, B, model_cfg.image_size, model_cfg.channels)
+  return network, params, batch, jax.random.key(2)
+
+
 def synthetic_train_step(model: str, *, B: int, K: int, T: int, image_size: int, unroll=True,
                          remat: bool = False):
   """``model``'s training step, compiled on a synthetic batch ``[T+1, B, H=W=image_size, 1]``.
 
-  The network, its parameters (key 0), the batch (key 1) and the step's key (2) are those of
-  ``run_variant``. Returns ``(compiled, state, batch, key)``: call ``compiled(state, batch,
-  key)``.
+  The network, parameters, batch and key are ``synthetic_inputs``'s, as in ``run_variant``.
+  Returns ``(compiled, state, batch, key)``: call ``compiled(state, batch, key)``; ``batch``
+  holds ``features`` only.
   """
-  network = build_network(model_config(model, image_size)[0])
-  params = init_params(network, jax.random.key(0), K)
-  batch = {"features": synthetic_batch(jax.random.key(1), T, B, image_size)["features"]}
-  key = jax.random.key(2)
+  network, params, batch, key = synthetic_inputs(model_config(model, image_size)[0], B=B, K=K,
+                                                 T=T)
+  batch = {"features": batch["features"]}
   compiled, state = compile_train_step(network, params, batch["features"], key, K=K,
                                        unroll=unroll, remat=remat)
   return compiled, state, batch, key
@@ -262,10 +271,7 @@ def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, re
                 repeats: int, parts=("train", "forward", "eval"), noise_prob: float = 0.2) -> dict:
   """Compiles and times one variant; returns its measurements (see the module docstring)."""
   reset_peak_rss()
-  network = build_network(model_cfg)
-  params = init_params(network, jax.random.key(0), K)
-  batch = synthetic_batch(jax.random.key(1), T, B, model_cfg.image_size, model_cfg.channels)
-  key = jax.random.key(2)
+  network, params, batch, key = synthetic_inputs(model_cfg, B=B, K=K, T=T)
   fwd_flops = network_step_flops(network, params, B, K) * T
   res = dict(conv_impl=conv_impl, unroll=unroll, remat=remat, B=B, K=K, T=T,
              image_size=model_cfg.image_size, cell=model_cfg.cell,
