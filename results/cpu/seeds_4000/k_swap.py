@@ -1,20 +1,27 @@
 """Separates "more components" from "more balls" in the 6-8-ball extrapolation test.
 
-Each run (trained with K=5 on 4 balls) is evaluated on the 2x2 of test balls and test K: 4 balls
-with K=5 (metrics.json), 4 balls with K=8 (metrics_balls4mass32_cpu_K8.json, from `--mode=eval
---config.eval.dataset=bouncing_balls/balls4mass32_cpu --config.eval.K=8`), 6-8 balls with K=5
-(metrics_balls678mass32_cpu_K5.json, likewise) and 6-8 balls with K=8
-(metrics_extrapolation.json). Writes k_swap.json beside this script and prints a table.
+Each run (trained on 4 balls with K=5, or with K=8 for R-NEM K=8) is evaluated on the 2x2 of test
+balls and test K: 4 balls and 6-8 balls, each with K=5 and K=8. A run's own evaluations are
+metrics.json (4 balls at its training K) and metrics_extrapolation.json (6-8 balls, K=8); the other
+cells come from `--mode=eval --config.eval.dataset=bouncing_balls/<name> --config.eval.K=<K>`,
+which writes metrics_<name>_K<K>.json. Each cell is found by the dataset and K recorded inside the
+metrics files, so it does not matter which file holds it. A cell with no metrics file (a run whose
+checkpoints were gone before it was evaluated there) is null in the JSON and "not evaluated" in
+the table, and named on stderr. Writes k_swap.json beside this script (with the training K of each
+run) and prints a table.
 
-  python results/cpu/seeds_4000/k_swap.py results/cpu/seeds_4000/runs/{rnem_noatt_s0,rnem_s2,rnn_em_s2}
+  python results/cpu/seeds_4000/k_swap.py \
+    results/cpu/seeds_4000/runs/{rnem_noatt_s0,rnem_s2,rnn_em_s2,rnem_k8_s0}
 """
+import glob
 import json
 import os
 import sys
 
-FILES = {"4 balls, K=5": "metrics.json", "4 balls, K=8": "metrics_balls4mass32_cpu_K8.json",
-         "6-8 balls, K=5": "metrics_balls678mass32_cpu_K5.json",
-         "6-8 balls, K=8": "metrics_extrapolation.json"}
+CELLS = {"4 balls, K=5": ("bouncing_balls/balls4mass32_cpu", 5),
+         "4 balls, K=8": ("bouncing_balls/balls4mass32_cpu", 8),
+         "6-8 balls, K=5": ("bouncing_balls/balls678mass32_cpu", 5),
+         "6-8 balls, K=8": ("bouncing_balls/balls678mass32_cpu", 8)}
 KEYS = ("bce_last", "bce_last_rel", "relational_bce_last", "relational_bce_last_rel", "ari_last")
 
 
@@ -24,10 +31,21 @@ def main(runs):
         "| ARI last |\n|---|---|---|---|---|---|---|")
   for run in runs:
     name = os.path.basename(os.path.normpath(run))
-    out[name] = {}
-    for label, f in FILES.items():
-      with open(os.path.join(run, f)) as fh:
+    found = {}
+    for f in sorted(glob.glob(os.path.join(run, "metrics*.json"))):
+      with open(f) as fh:
         m = json.load(fh)
+      found.setdefault((m["dataset"], m["K"]), m)
+    with open(os.path.join(run, "config.json")) as fh:
+      out[name] = {"train_K": json.load(fh)["em"]["K"]}
+    for label, cell in CELLS.items():
+      if cell not in found:
+        print(f"{run}: no metrics file for {cell[0]} with K={cell[1]} (--mode=eval writes it)",
+              file=sys.stderr)
+        out[name][label] = None
+        print(f"| {name} | {label} | not evaluated | | | | |")
+        continue
+      m = found[cell]
       out[name][label] = {"K": m["K"], "dataset": m["dataset"],
                           "checkpoint_step": m["checkpoint_step"], **{k: m[k] for k in KEYS}}
       v = out[name][label]
@@ -39,4 +57,6 @@ def main(runs):
 
 
 if __name__ == "__main__":
+  if len(sys.argv) < 2:
+    raise SystemExit(__doc__)
   main(sys.argv[1:])
