@@ -10,8 +10,9 @@ checkpoints were gone before it was evaluated there) is null in the JSON and "no
 the table, and named on stderr. Writes k_swap.json beside this script (with the training K of each
 run) and prints a table.
 
-  python results/cpu/seeds_4000/k_swap.py \
-    results/cpu/seeds_4000/runs/{rnem_noatt_s0,rnem_s2,rnn_em_s2,rnem_k8_s0}
+  R=results/cpu/seeds_4000/runs
+  python results/cpu/seeds_4000/k_swap.py $R/rnem_noatt_s{0,1,2} $R/rnem_s2 $R/rnn_em_s2 \
+    $R/rnem_k8_s{0,1}
 """
 import glob
 import json
