@@ -29,10 +29,14 @@ def _broadcast_action(action_emb: Optional[jnp.ndarray], K: int) -> Optional[jnp
   """Copies the per-sequence action embedding ``[B, A]`` to every component ``[B, K, A]``.
 
   (The reference code tiles along the batch axis instead, giving component k of
-  sequence b the action of sequence (b*K+k) mod B — bug A1, fixed here.)
+  sequence b the action of sequence (b*K+k) mod B — bug A1, fixed here; a
+  per-component ``[B, K, A]`` embedding, which ``em.rollout`` builds to reproduce
+  it as a diagnostic, is passed through.)
   """
   if action_emb is None:
     return None
+  if action_emb.ndim == 3:
+    return action_emb
   return jnp.broadcast_to(action_emb[:, None, :], action_emb.shape[:1] + (K,) + action_emb.shape[1:])
 
 

@@ -7,7 +7,10 @@ scale, comma-separated, e.g. ``configs/balls.py:rnn_em,small``.
 Models (paper §4): ``rnem`` (default, K=5), ``rnem_k8``, ``rnem_noatt``,
 ``rnn_em`` (K=5), ``rnn`` (K=1), ``lstm`` (K=1); ``rnem_noisy_gamma`` and
 ``rnn_em_noisy_gamma`` are a variant of ours, not the paper's: gamma from the
-noisy next frame (``em.e_step_target``).
+noisy next frame (``em.e_step_target``); ``rnem_reference_actions`` (Atari) is
+a diagnostic: R-NEM with the reference code's action tiling, bug A1
+(``em.action_tiling``), which gives the components of one sequence different
+actions.
 Scales: ``paper`` (default: 64x64, B=64, T=30), ``small`` (32x32, B=16, T=15,
 a CPU run of ~30 minutes), ``cpu`` (the CPU reproduction protocol: 32x32 at
 2 px/frame, B=16, T=20, a fixed step budget; see launch/reproduce_cpu.sh),
@@ -30,12 +33,14 @@ MODELS = {
     "lstm": ("lstm", 1, 1),
     "rnem_noisy_gamma": ("rnem", 5, 8),
     "rnn_em_noisy_gamma": ("rnn", 5, 8),
+    "rnem_reference_actions": ("rnem", 5, 8),
 }
 # model name -> its ``em`` settings that differ from the reference: the *_noisy_gamma variants
 # run the E-step against the noisy next frame, so the input mask never sees a clean frame.
 MODEL_EM = {
     "rnem_noisy_gamma": {"e_step_target": "noisy"},
     "rnn_em_noisy_gamma": {"e_step_target": "noisy"},
+    "rnem_reference_actions": {"action_tiling": "reference"},
 }
 SCALES = ("paper", "small", "cpu", "tiny")
 
@@ -82,7 +87,8 @@ def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "
                                  cell=cell, num_actions=num_actions)
   c.em = ml_collections.ConfigDict(dict(
       K=K, T=30, noise_prob=0.2, e_step="bernoulli", prior=0.0, inter_weight=1.0,
-      e_step_target="clean"))           # "noisy": gamma from x~_{t+1} (see em.rollout)
+      e_step_target="clean",            # "noisy": gamma from x~_{t+1} (see em.rollout)
+      action_tiling="per_sequence"))    # "reference": bug A1 reproduced, a diagnostic
   c.em.update(MODEL_EM.get(model, {}))
   c.em.update(em.get("all", {}))
   c.em.update(em.get(scale, {}))

@@ -20,6 +20,7 @@ from rnem_jax.metrics import clipped_bce
 CLIP = 1e-6
 E_STEP_EPS = 1e-6
 E_STEP_TARGETS = ("clean", "noisy")
+ACTION_TILINGS = ("per_sequence", "reference")
 
 
 def bitflip(x: jnp.ndarray, flip: jnp.ndarray) -> jnp.ndarray:
@@ -152,6 +153,21 @@ class Rollout(NamedTuple):
   gamma0: Any = None           # [B, K, H, W, 1] the random initial assignment
 
 
+def tile_actions_like_reference(actions: jnp.ndarray, K: int) -> jnp.ndarray:
+  """The reference code's action tiling (REFERENCE §7 bug A1), for diagnostics only.
+
+  ``actions: [T+1, B] -> [T+1, B, K]`` where component k of sequence b gets the
+  action of sequence (b*K + k) mod B: the reference tiles the [B, A] embedding
+  along the batch axis while its state rows are ordered b*K + k. For B > 1 the
+  components of one sequence then see different actions, mostly other
+  sequences' (an input that differs between components); for B = 1 it is the
+  per-sequence action.
+  """
+  B = actions.shape[1]
+  source = (jnp.arange(B)[:, None] * K + jnp.arange(K)[None, :]) % B   # [B, K]
+  return actions[:, source]
+
+
 def check_features(features, K: int, image_shape=None, actions=None, finite: bool = False) -> None:
   """Validates rollout inputs; raises ValueError naming the problem.
 
@@ -182,7 +198,8 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
             num_real_steps: Optional[int] = None, e_step_distribution: str = "bernoulli",
             prior: float = 0.0, inter_weight: float = 1.0, keep_outputs: bool = False,
             unroll: Union[int, bool] = 1, remat: bool = False, simulate_input: bool = True,
-            simulate_gamma: bool = True, e_step_target: str = "clean") -> Rollout:
+            simulate_gamma: bool = True, e_step_target: str = "clean",
+            action_tiling: str = "per_sequence") -> Rollout:
   """The full EM rollout over T = features.shape[0] - 1 steps as one ``lax.scan``.
 
   Args:
@@ -199,6 +216,9 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
       so gamma uses nothing the network is not given. The loss target stays
       the clean frame either way.
     actions: [T+1, B] int actions, for networks built with actions.
+    action_tiling: ``"per_sequence"`` (ours): every component of a sequence
+      gets its action. ``"reference"`` (a diagnostic): the reference code's
+      bug A1, see :func:`tile_actions_like_reference`.
     num_real_steps: simulation (SPEC D7): from step N on, the input is the
       model's own soft reconstruction sum_k gamma psi and gamma comes from the
       thresholded max of psi instead of the true frame. ``None``: all real.
@@ -217,6 +237,10 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
   check_features(features, K, None, actions)
   if e_step_target not in E_STEP_TARGETS:
     raise ValueError(f"e_step_target must be one of {E_STEP_TARGETS}, got {e_step_target!r}")
+  if action_tiling not in ACTION_TILINGS:
+    raise ValueError(f"action_tiling must be one of {ACTION_TILINGS}, got {action_tiling!r}")
+  if actions is not None and action_tiling == "reference":
+    actions = tile_actions_like_reference(actions, K)
   T = features.shape[0] - 1
   B = features.shape[1]
   k_noise, k_gamma = jax.random.split(key)

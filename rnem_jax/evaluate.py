@@ -12,6 +12,11 @@ sequence, averaged over all sequences of the split, then summarised:
   the last 10 steps.
 * ``ari_seq`` (mean over steps) and ``ari_last``: foreground ARI of argmax_k
   gamma_t against the groups of frame t+1; ``confidence_*`` likewise.
+* ``fg_confidence_*`` and ``components_used_*``: whether the components split
+  the scene, measurable without ground truth (Space Invaders): over the on
+  pixels of frame t+1, the mean of max_k gamma_t and the effective number of
+  components sharing them (``metrics.components_used``). The symmetric state,
+  every component rendering the whole frame, gives 1/K and K.
 """
 
 from __future__ import annotations
@@ -36,16 +41,17 @@ from rnem_jax.train import (Checkpoints, check_compatible, check_data_fits_model
 log = logging.getLogger(__name__)
 
 CURVES = ("bce", "baseline_bce", "relational_bce", "baseline_relational_bce", "ari",
-          "confidence")
+          "confidence", "fg_confidence", "components_used")
 
 
 def _protocol(config) -> dict:
   """How a record was computed: ``protocol``, the evaluation protocol in words (noise, gamma0,
   seed; the same for every model, so runs evaluated alike can be compared) and the model's
-  ``e_step_target``."""
+  ``e_step_target`` and ``action_tiling``."""
   return {"protocol": f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, "
                       f"seed {config.eval.seed}",
-          "e_step_target": config.em.e_step_target}
+          "e_step_target": config.em.e_step_target,
+          "action_tiling": config.em.get("action_tiling", "per_sequence")}
 
 
 def step_metrics(network, params, batch: dict, key, *, K: int,
@@ -80,6 +86,8 @@ def step_metrics(network, params, batch: dict, key, *, K: int,
     c = batch["collisions"][:-1]
     out["relational_bce"] = per_step(metrics.upper_bound_bce)(r.psi, x[1:], c)
     out["baseline_relational_bce"] = per_step(metrics.copy_baseline_bce)(x[:-1], x[1:], c)
+  out["fg_confidence"] = per_step(metrics.confidence)(x[1:], r.gamma)
+  out["components_used"] = per_step(metrics.components_used)(x[1:], r.gamma)
   if "groups" in batch:
     g = batch["groups"][1:]
     out["ari"] = per_step(metrics.adjusted_rand_index, num_groups=num_groups)(g, r.gamma)
@@ -99,7 +107,7 @@ def summarise(curves: dict[str, np.ndarray]) -> dict:
       out[f"{name}_{suffix}"] = m
       out[f"baseline_{name}_{suffix}"] = b
       out[f"{name}_{suffix}_rel"] = m / b if b > 0 else float("nan")
-  for name in ("ari", "confidence"):
+  for name in ("ari", "confidence", "fg_confidence", "components_used"):
     if name in curves:
       out[f"{name}_seq"] = float(np.mean(curves[name]))
       out[f"{name}_last"] = float(curves[name][-1])

@@ -212,6 +212,35 @@ def confidence(groups: jax.Array, gamma: jax.Array) -> jax.Array:
   return jnp.where(count > 0, summed / jnp.maximum(count, 1), 0.0)
 
 
+def components_used(foreground: jax.Array, gamma: jax.Array) -> jax.Array:
+  """Effective number of components sharing the foreground: exp(entropy of their shares).
+
+  Where no ground truth exists (Space Invaders) this, beside ``confidence``
+  with the frame itself as the foreground, tells a split scene from the
+  symmetric solution in which every component renders everything: the
+  symmetric state has ``confidence`` 1/K and ``components_used`` K; one
+  component holding every pixel gives 1 and 1; K components with a pixel set
+  each give 1 and up to K.
+
+  Args:
+    foreground: [B, *S] pixels to count (> 0.5 counts; e.g. the target frame).
+    gamma: [B, K, *S] soft assignments.
+
+  Returns:
+    [B] exp(-sum_k s_k log s_k) with s_k = sum_fg gamma_k / #fg, in [1, K]; 0
+    for a sequence with no foreground pixel.
+  """
+  _check_per_component("gamma", gamma, "foreground", foreground)
+  fg = (foreground > 0.5).astype(gamma.dtype)[:, None]
+  axes = tuple(range(2, gamma.ndim))
+  mass = jnp.sum(fg * gamma, axis=axes)                         # [B, K]
+  count = jnp.sum(mass, axis=1, keepdims=True)
+  share = mass / jnp.maximum(count, 1e-12)
+  entropy = -jnp.sum(jnp.where(share > 0, share * jnp.log(jnp.where(share > 0, share, 1.0)),
+                               0.0), axis=1)
+  return jnp.where(count[:, 0] > 0, jnp.exp(entropy), 0.0)
+
+
 def per_step(metric: Callable[..., jax.Array], **static) -> Callable[..., jax.Array]:
   """Maps a metric over a leading step axis: [T, B, ...] inputs -> [T, B].
 

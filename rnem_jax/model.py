@@ -170,7 +170,9 @@ class NEMNetwork(nn.Module):
     Args:
       u: [B, K, H, W, C] masked inputs gamma * (x_noisy - psi_prev).
       state: the cell state (``theta [B, K, M]`` or LSTM ``(c, h)``).
-      actions: [B] int actions (required iff ``num_actions > 0``).
+      actions: int actions (required iff ``num_actions > 0``): [B], one per
+        sequence, shared by its K components; or [B, K], one per component
+        (``em.tile_actions_like_reference``, a diagnostic).
       mask: optional [B, K] component mask passed to Upsilon.
 
     Returns:
@@ -185,6 +187,9 @@ class NEMNetwork(nn.Module):
     if self.num_actions:
       if actions is None:
         raise ValueError("this network was built with num_actions > 0: pass actions [B]")
+      if tuple(actions.shape) not in ((B,), (B, K)):
+        raise ValueError(f"actions must be [B] = ({B},) or [B, K] = ({B}, {K}); got "
+                         f"{tuple(actions.shape)}")
       action_emb = self.action_mlp(jax.nn.one_hot(actions, self.num_actions, dtype=u.dtype))
     z = self.encoder(u.reshape((B * K,) + u.shape[2:])).reshape(B, K, -1)
     state, y, alpha = self.cell(z, state, action_emb, mask)

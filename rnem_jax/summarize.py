@@ -39,7 +39,8 @@ import numpy as np
 
 METRICS = ("bce_last", "bce_last10", "bce_last_rel", "bce_last10_rel", "relational_bce_last",
            "relational_bce_last10", "relational_bce_last_rel", "relational_bce_last10_rel",
-           "ari_seq", "ari_last", "confidence_last", "baseline_bce_last",
+           "ari_seq", "ari_last", "confidence_last", "fg_confidence_last",
+           "components_used_last", "baseline_bce_last",
            "baseline_relational_bce_last")
 # Reference curves of rollout.json (data only, the same for every model).
 ROLLOUT_REFERENCES = (("baseline_bce_per_step", "copy last frame"),

@@ -34,6 +34,21 @@ def test_scale_missing_from_a_config_is_a_clear_error():
     load_config("balls", "rnem,huge")
 
 
+def test_reference_action_tiling_is_an_atari_diagnostic():
+  from rnem_jax.train import validate_config
+  cfg = load_config("atari", "rnem_reference_actions,small")
+  assert cfg.em.action_tiling == "reference" and cfg.em.K == 4
+  validate_config(cfg, 1)
+  assert load_config("atari", "rnem,small").em.action_tiling == "per_sequence"  # the default
+  with pytest.raises(ValueError, match="num_actions=0"):
+    validate_config(load_config("balls", "rnem_reference_actions,tiny"), 1)
+  bad = load_config("atari", "rnem,small")
+  with bad.unlocked():
+    bad.em.action_tiling = "tiled"
+  with pytest.raises(ValueError, match="action_tiling must be one of"):
+    validate_config(bad, 1)
+
+
 @pytest.mark.parametrize("name,n_balls", [("bouncing_balls/balls4mass32_cpu", (4, 4)),
                                           ("bouncing_balls/balls678mass32_cpu", (6, 8)),
                                           ("curtain/balls3curtain32_cpu", (3, 3))])

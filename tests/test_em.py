@@ -169,6 +169,45 @@ def test_noisy_e_step_target_uses_the_next_input_frame():
     em.rollout(net, params, feats, key, K=3, e_step_target="clear")
 
 
+def test_reference_action_tiling_hand_computed():
+  """Bug A1: component k of sequence b gets the action of sequence (b*K + k) mod B."""
+  actions = jnp.array([[10, 11, 12], [20, 21, 22]])          # [T+1 = 2, B = 3]
+  got = em.tile_actions_like_reference(actions, K=2)        # [2, 3, 2]
+  # rows b*K+k = 0..5 take actions 0,1,2,0,1,2 -> (b=0: 0,1), (b=1: 2,0), (b=2: 1,2)
+  np.testing.assert_array_equal(got[0], [[10, 11], [12, 10], [11, 12]])
+  np.testing.assert_array_equal(got[1], [[20, 21], [22, 20], [21, 22]])
+  one = em.tile_actions_like_reference(actions[:, :1], K=4)  # B = 1: the sequence's own action
+  np.testing.assert_array_equal(one, np.repeat(np.asarray(actions[:, :1, None]), 4, axis=2))
+
+
+class ActionToyNetwork(ToyNetwork):
+  """ToyNetwork whose prediction also adds 0.1 * action (per sequence [B] or per component)."""
+
+  def apply(self, params, u, state, actions=None, mask=None):
+    a = actions.astype(u.dtype)
+    a = a[:, None] if a.ndim == 1 else a
+    psi = jax.nn.sigmoid(params["b"] + params["w"] * u + 0.1 * a[:, :, None, None, None])
+    return state + jnp.mean(u, axis=(2, 3, 4)), psi, jnp.zeros(u.shape[:2] + (u.shape[1],))
+
+
+def test_rollout_reference_action_tiling():
+  net, feats, key = ActionToyNetwork(), _toy_features(T=3, B=3), jax.random.key(2)
+  params = {"b": jnp.float32(-0.5), "w": jnp.float32(1.0)}
+  actions = jnp.array([[0, 1, 2]] * 4)
+  ours = em.rollout(net, params, feats, key, K=2, actions=actions, keep_outputs=True)
+  ref = em.rollout(net, params, feats, key, K=2, actions=actions, keep_outputs=True,
+                   action_tiling="reference")
+  # step 0 (same input): the logits differ by 0.1 * (the action received - the sequence's own)
+  logit = lambda p: np.log(p) - np.log1p(-p)
+  source = np.array([[0, 1], [2, 0], [1, 2]])           # (b*K + k) mod B, B=3, K=2
+  shift = 0.1 * (source - np.arange(3)[:, None])
+  np.testing.assert_allclose(logit(np.asarray(ref.psi[0])) - logit(np.asarray(ours.psi[0])),
+                             np.broadcast_to(shift[:, :, None, None, None], ref.psi[0].shape),
+                             atol=1e-4)
+  with pytest.raises(ValueError, match="action_tiling"):
+    em.rollout(net, params, feats, key, K=2, actions=actions, action_tiling="tiled")
+
+
 def test_unrolled_scan_matches_rolled():
   net, feats = ToyNetwork(), _toy_features(T=5)
   params = {"b": jnp.float32(0.1), "w": jnp.float32(1.5)}

@@ -202,6 +202,31 @@ def test_confidence_hand_computed():
                              [(0.8 + 0.6 + 0.5) / 3, 0.0], rtol=1e-6)
 
 
+def test_components_used_hand_computed():
+  frame = np.array([[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]], np.float32)
+  symmetric = np.full((4, 4), 0.25, np.float32)
+  split = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
+  one = np.array([[0, 0, 0, 1]] * 4, np.float32).T  # component 3 holds every pixel
+  gamma = np.stack([split, symmetric, one])
+  got = jax.jit(metrics.components_used)(frame, gamma)
+  # shares: (1/3, 1/3, 1/3, 0) -> 3; none -> 0; (1, 0, 0, 0) -> 1
+  np.testing.assert_allclose(got, [3.0, 0.0, 1.0], rtol=1e-6)
+  # the symmetric state: K components, confidence 1/K on the frame's pixels
+  frames = np.ones((2, 4), np.float32)
+  np.testing.assert_allclose(metrics.components_used(frames, np.stack([symmetric] * 2)), [4, 4],
+                             rtol=1e-6)
+  np.testing.assert_allclose(metrics.confidence(frames, np.stack([symmetric] * 2)),
+                             [0.25, 0.25], rtol=1e-6)
+  # unequal shares (0.75, 0.25): exp of the entropy, by hand
+  gamma2 = np.array([[[1, 1, 1, 0], [0, 0, 0, 1]]], np.float32)
+  h = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+  np.testing.assert_allclose(metrics.components_used(np.ones((1, 4), np.float32), gamma2),
+                             [np.exp(h)], rtol=1e-6)
+  # invariant to a permutation of the components
+  perm = gamma[:, ::-1]
+  np.testing.assert_allclose(metrics.components_used(frame, perm), got, rtol=1e-6)
+
+
 def test_per_step_maps_over_a_leading_time_axis():
   rng = np.random.default_rng(5)
   cases = [random_case(rng, (2, 6, 6, 1)) for _ in range(3)]
@@ -223,6 +248,8 @@ def test_per_step_maps_over_a_leading_time_axis():
     (lambda: metrics.adjusted_rand_index(np.ones((2, 4, 4, 1)), np.ones((2, 4, 4, 1))), "groups"),
     (lambda: metrics.adjusted_rand_index(np.ones((2, 4)), np.ones((2, 0, 4))), "K >= 1"),
     (lambda: metrics.confidence(np.ones((3, 4, 4, 1)), np.ones((2, 3, 4, 4, 1))), "groups"),
+    (lambda: metrics.components_used(np.ones((2, 4, 5, 1)), np.ones((2, 3, 4, 4, 1))),
+     "foreground"),
     (lambda: metrics.upper_bound_bce(np.ones((2, 3, 4, 4, 1)), np.ones((2, 4, 5, 1))), "x_next"),
     (lambda: metrics.upper_bound_bce(np.ones((2, 3, 4, 4, 1)), np.ones((2, 4, 4, 1)),
                                      np.ones((2, 4, 4))), "mask"),

@@ -121,6 +121,27 @@ def test_actions_reach_each_sequence_of_the_batch():
   assert not np.allclose(psi_a[2], psi_b[2])
   with pytest.raises(ValueError, match="pass actions"):
     net.apply(params, u, state)
+  with pytest.raises(ValueError, match=r"\[B, K\]"):
+    net.apply(params, u, state, jnp.zeros((3, 2), jnp.int32))
+
+
+def test_per_component_actions():
+  """[B, K] actions (the bug-A1 diagnostic): equal columns = the per-sequence action; a
+  component's action reaches that component's own prediction."""
+  net = _tiny_net(num_actions=4)
+  params = M.init_params(net, jax.random.key(0), K=3)
+  u = jax.random.normal(jax.random.key(1), (2, 3, 16, 16, 1))
+  state = net.initial_state(2, 3)
+  a = jnp.array([1, 3])
+  _, psi, alpha = net.apply(params, u, state, a)
+  _, psi_k, alpha_k = net.apply(params, u, state, jnp.repeat(a[:, None], 3, axis=1))
+  np.testing.assert_allclose(psi_k, psi, rtol=1e-6)
+  np.testing.assert_allclose(alpha_k, alpha, rtol=1e-6)
+  # only component 1 of sequence 0 changes its action: sequence 1 is untouched, and
+  # component 1 changes (the others only through Upsilon's context)
+  _, psi_c, _ = net.apply(params, u, state, jnp.array([[1, 2, 1], [3, 3, 3]]))
+  np.testing.assert_allclose(psi_c[1], psi[1], rtol=1e-6)
+  assert not np.allclose(psi_c[0, 1], psi[0, 1])
 
 
 def test_bad_shapes_and_configs_raise():

@@ -1,0 +1,110 @@
+"""Have the components split the Space Invaders scene, or do they all render all of it?
+
+The reference loss, sum_k gamma_k BCE(psi_k, x) + (1 - gamma_k) (-log(1 - psi_k)) with gamma
+held fixed, is minimised on an on-pixel by psi_k = gamma_k; the E-step then gives gamma_k =
+psi_k / sum_j psi_j. So "every component predicts every on-pixel with probability 1/K, gamma =
+1/K everywhere" is a fixed point of training and inference alike (the symmetric solution). This
+script measures, per EM step t over the on-pixels of the target frame x_{t+1}, for each run
+directory (e.g. copies of one run's workdir at several steps):
+
+  psi_mean       mean_k psi_k        (1/K at the symmetric point; 1/K too when split cleanly)
+  psi_max        max_k psi_k         (1/K at the symmetric point; -> 1 when one component owns it)
+  psi_spread     max_k - min_k psi_k (0 at the symmetric point)
+  gamma_max      max_k gamma_k       (= metrics.confidence on the frame; 1/K symmetric)
+  components_used  metrics.components_used (K symmetric; 1 if one component takes everything)
+
+on the first ``--num_sequences`` test sequences with the evaluation protocol (bit-flip noise,
+random gamma0, eval seed). Writes ``--out`` (JSON) and prints a table of the last step.
+
+  python results/cpu_atari/symmetry.py --config=configs/atari.py:rnem,small --config.em.T=10 \
+      --config.data_dir=$RNEM_DATA_DIR --runs=RUN_at1000,RUN_at2000,RUN \
+      --out=results/cpu_atari/symmetry.json
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from rnem_jax import data, em, evaluate, metrics
+from rnem_jax.model import build_network
+from rnem_jax.train import em_options, make_mesh
+
+flags.DEFINE_list("runs", [], "run directories (each with checkpoints/{best,latest})")
+flags.DEFINE_string("out", "", "JSON output path")
+flags.DEFINE_integer("num_sequences", 100, "test sequences (from the first)")
+flags.DEFINE_integer("batch_size", 25, "sequences per batch")
+config_flags.DEFINE_config_file("config", "configs/atari.py:rnem,small", "experiment config")
+FLAGS = flags.FLAGS
+STATS = ("psi_mean", "psi_max", "psi_spread", "gamma_max", "components_used")
+
+
+def step_stats(psi, gamma, x_next):
+  """psi [B, K, H, W, 1], gamma [B, K, H, W, 1], x_next [B, H, W, 1] -> {stat: [B]}."""
+  fg = (x_next > 0.5).astype(psi.dtype)[:, None]
+  count = jnp.maximum(jnp.sum(fg, axis=(1, 2, 3, 4)), 1.0)
+  on = lambda v: jnp.sum(fg * v, axis=(1, 2, 3, 4)) / count  # mean over on-pixels; v [B, 1, ...]
+  return {
+      "psi_mean": on(jnp.mean(psi, axis=1, keepdims=True)),
+      "psi_max": on(jnp.max(psi, axis=1, keepdims=True)),
+      "psi_spread": on(jnp.max(psi, axis=1, keepdims=True) - jnp.min(psi, axis=1, keepdims=True)),
+      "gamma_max": metrics.confidence(x_next, gamma),
+      "components_used": metrics.components_used(x_next, gamma),
+  }
+
+
+def measure(config, workdir, num_sequences, batch_size):
+  """{stat: [T] mean over sequences} and the checkpoint step of ``workdir``."""
+  mesh = make_mesh()
+  network = build_network(config.model)
+  params, step = evaluate.restore_params(config, workdir, network, mesh)
+  K, T = config.em.K, config.em.T
+
+  @jax.jit
+  def fn(params, features, actions, key):
+    r = em.rollout(network, params, features, key, K=K, actions=actions, keep_outputs=True,
+                   **em_options(config))
+    return jax.vmap(step_stats)(r.psi, r.gamma, features[1:])  # {stat: [T, B]}
+
+  sums, n = None, 0
+  batches = data.iterate_batches(config.dataset, "test", batch_size, seed=config.eval.seed,
+                                 num_frames=T + 1, shuffle=False, num_epochs=1,
+                                 drop_remainder=True, shard_index=0, shard_count=1,
+                                 data_dir=config.data_dir or None)
+  key = jax.random.key(config.eval.seed)
+  for i, batch in enumerate(batches):
+    if n >= num_sequences:
+      break
+    out = fn(params, jnp.asarray(batch["features"]), jnp.asarray(batch["actions"]),
+             jax.random.fold_in(key, i))
+    out = {k: np.asarray(v, np.float64).sum(axis=1) for k, v in out.items()}
+    sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
+    n += batch["features"].shape[1]
+  return {k: (v / n).tolist() for k, v in sums.items()}, step, n
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  record = {"K": config.em.K, "T": config.em.T, "dataset": config.dataset,
+            "symmetric_point": {"psi_mean": 1 / config.em.K, "psi_max": 1 / config.em.K,
+                                "psi_spread": 0.0, "gamma_max": 1 / config.em.K,
+                                "components_used": float(config.em.K)},
+            "runs": {}}
+  print("| run | checkpoint step | " + " | ".join(STATS) + " (last step, on-pixels) |")
+  print("|---|---|" + "---|" * len(STATS))
+  for wd in FLAGS.runs:
+    stats, step, n = measure(config, wd, FLAGS.num_sequences, FLAGS.batch_size)
+    name = os.path.basename(os.path.normpath(wd))
+    record["runs"][name] = {"checkpoint_step": step, "num_sequences": n, "per_step": stats}
+    print(f"| {name} | {step} | " + " | ".join(f"{stats[s][-1]:.3f}" for s in STATS) + " |")
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
