@@ -154,8 +154,12 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Figures.
 
-PANEL_ROWS = ("truth", "prediction", "gamma", "components", "input")
-COMPACT_ROWS = ("truth", "prediction", "gamma")
+ROWS = ("truth", "prediction", "gamma", "gamma_on_frame", "components", "input")  # drawn order
+PANEL_ROWS = ("truth", "prediction", "gamma", "components", "input")             # Figure 2
+COMPACT_ROWS = ("truth", "prediction", "gamma")                                  # Figures 5/6
+# gamma on the on-pixels of frame t+1 only: which component holds which object, readable
+# where the even mixture on the background fills the gamma row (Space Invaders).
+FOREGROUND_ROWS = ("truth", "prediction", "gamma_on_frame")
 
 
 def _grid_figure(rows: list[tuple[str, tuple, list[np.ndarray]]], col_labels: Sequence[str],
@@ -194,15 +198,16 @@ def panel_figure(seq: SequenceView, *, rows: Sequence[str] = PANEL_ROWS,
                  title: str = "") -> Figure:
   """Paper Figure 2 (all rows) or Figures 5/6 (``rows=COMPACT_ROWS``) for one sequence.
 
-  Rows (top to bottom, a subset of ``PANEL_ROWS`` in that order): ground truth
+  Rows (top to bottom, a subset of ``ROWS`` in that order): ground truth
   frame t+1, total prediction sum_k gamma_k psi_k, gamma coloured per component,
+  the same on frame t+1's on-pixels only (``gamma_on_frame``; black elsewhere),
   psi_k for every k (with alpha_{k,i} psi_i overlaid in component i's colour if
   ``attention``), and the noisy input frame t. Columns: ``steps`` (default all).
   """
   T, K = seq.psi.shape[:2]
-  unknown = set(rows) - set(PANEL_ROWS)
+  unknown = set(rows) - set(ROWS)
   if unknown:
-    raise ValueError(f"unknown panel rows {sorted(unknown)}; choose from {PANEL_ROWS}")
+    raise ValueError(f"unknown panel rows {sorted(unknown)}; choose from {ROWS}")
   steps = list(range(T)) if steps is None else [int(t) for t in steps]
   if not steps or min(steps) < 0 or max(steps) >= T:
     raise ValueError(f"steps must be non-empty and within [0, {T}); got {steps}")
@@ -216,6 +221,10 @@ def panel_figure(seq: SequenceView, *, rows: Sequence[str] = PANEL_ROWS,
     out.append((r"$\Sigma_k\,\gamma_k\psi_k$", black, [grey(pred[t]) for t in steps]))
   if "gamma" in rows:
     out.append((r"$\gamma$", black, [colour_gamma(seq.gamma[t], colours) for t in steps]))
+  if "gamma_on_frame" in rows:
+    on = lambda t: (np.asarray(seq.truth[t])[..., :1] > 0.5).astype(np.float32)
+    out.append((r"$\gamma$ on frame", black,
+                [colour_gamma(seq.gamma[t], colours) * on(t) for t in steps]))
   if "components" in rows:
     for k in range(K):
       if attention:
@@ -716,6 +725,7 @@ def render_run(config, workdir: str, out_dir: str = "", *, num_sequences: int = 
   seq = sequence_view(r, panel_batch["features"], 0)
   save("panel", panel_figure(seq, attention=attention, title=title))
   save("panel_compact", panel_figure(seq, rows=COMPACT_ROWS, title=title))
+  save("panel_foreground", panel_figure(seq, rows=FOREGROUND_ROWS, title=title))
   paths["prediction_gif"] = write_gif(os.path.join(out_dir, "prediction.gif"),
                                       prediction_frames(seq))
   paths["grouping_gif"] = write_gif(os.path.join(out_dir, "grouping.gif"),

@@ -42,14 +42,15 @@ def test_render_run_writes_every_figure_and_animation(run, tmp_path):
   config, workdir = run
   out = str(tmp_path / "figs")
   paths = visualize.render_run(config, workdir, out, num_sequences=2)
-  assert set(paths) == {"panel", "panel_compact", "rollout", "rollout_bce", "prediction_gif",
-                        "grouping_gif", "rollout_gif"}
+  assert set(paths) == {"panel", "panel_compact", "panel_foreground", "rollout", "rollout_bce",
+                        "prediction_gif", "grouping_gif", "rollout_gif"}
   T, K = config.em.T, config.em.K
   # Figure 2 panel: truth, prediction, gamma, K components, input rows; T columns of 0.5 in.
   w, h = _png_size(paths["panel"])
   assert h == round(100 * (0.9 + (3 + K + 1) * 0.5)) and w == 550
   w, h = _png_size(paths["panel_compact"])
   assert h == round(100 * (0.9 + 3 * 0.5))
+  assert _png_size(paths["panel_foreground"]) == (w, h)
   # Figure 4 strips: 2 sequences x (truth, model), 5 real + N_SIM simulated columns.
   assert _png_size(paths["rollout"]) == (round(100 * (1.6 + (5 + N_SIM) * 0.5)),
                                          round(100 * (0.9 + 4 * 0.5)))
@@ -58,6 +59,22 @@ def test_render_run_writes_every_figure_and_animation(run, tmp_path):
   assert _gif(paths["prediction_gif"]) == (T, (3 * 128 + 2 * 2, 128))
   assert _gif(paths["grouping_gif"]) == (T, ((1 + K) * 128 + K * 2, 128))
   assert _gif(paths["rollout_gif"]) == (5 + N_SIM, (2 * 128 + 2, 128))
+
+
+def test_gamma_on_frame_row_is_gamma_on_the_on_pixels():
+  T, K, S = 2, 3, 6
+  rng = np.random.default_rng(0)
+  gamma = rng.dirichlet(np.ones(K), size=(T, S, S)).transpose(0, 3, 1, 2)[..., None]
+  truth = (rng.random((T, S, S, 1)) < 0.4).astype(np.float32)
+  seq = visualize.SequenceView(inputs=truth, psi=rng.random((T, K, S, S, 1)), gamma=gamma,
+                               alpha=np.zeros((T, K, K)), truth=truth)
+  fig = visualize.panel_figure(seq, rows=("gamma_on_frame",))
+  want = visualize.colour_gamma(gamma[1], visualize.component_colours(K)) * truth[1]
+  got = fig.axes[0].images[0].get_array()[:S, S + 1:2 * S + 1]   # tile of step 1 (1 px gaps)
+  np.testing.assert_allclose(np.asarray(got, np.float32) / (255 if got.dtype == np.uint8 else 1),
+                             want, atol=1 / 255 + 1e-6)
+  with pytest.raises(ValueError, match="unknown panel rows"):
+    visualize.panel_figure(seq, rows=("gamma_on_background",))
 
 
 def test_curtain_panel_is_the_same_function(run, tmp_path, data_dir):

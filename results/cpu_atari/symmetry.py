@@ -16,6 +16,13 @@ directory (e.g. copies of one run's workdir at several steps):
 on the first ``--num_sequences`` test sequences with the evaluation protocol (bit-flip noise,
 random gamma0, eval seed). Writes ``--out`` (JSON) and prints a table of the last step.
 
+It also computes the lowest training loss any symmetric state can reach on the validation subset
+that training reports: per on-pixel sum_k [-(1/K) log psi - (1 - 1/K) log(1 - psi)] is smallest
+at psi = 1/K, ln K + (K-1) ln(K/(K-1)) nats (2.25 for K=4), and off-pixels cost nothing at best;
+times the mean number of on-pixels per target frame. A validation loss below it proves the
+components differ. ``--figure`` plots each run family's validation loss (``train_log.jsonl`` of
+the run directories named in ``--curves``) against that floor.
+
   python results/cpu_atari/symmetry.py --config=configs/atari.py:rnem,small --config.em.T=10 \
       --config.data_dir=$RNEM_DATA_DIR --runs=RUN_at1000,RUN_at2000,RUN \
       --out=results/cpu_atari/symmetry.json
@@ -37,6 +44,8 @@ flags.DEFINE_list("runs", [], "run directories (each with checkpoints/{best,late
 flags.DEFINE_string("out", "", "JSON output path")
 flags.DEFINE_integer("num_sequences", 100, "test sequences (from the first)")
 flags.DEFINE_integer("batch_size", 25, "sequences per batch")
+flags.DEFINE_list("curves", [], "run directories whose validation loss to plot (label=DIR)")
+flags.DEFINE_string("figure", "", "PNG path for the validation curves against the floor")
 config_flags.DEFINE_config_file("config", "configs/atari.py:rnem,small", "experiment config")
 FLAGS = flags.FLAGS
 STATS = ("psi_mean", "psi_max", "psi_spread", "gamma_max", "components_used")
@@ -86,10 +95,51 @@ def measure(config, workdir, num_sequences, batch_size):
   return {k: (v / n).tolist() for k, v in sums.items()}, step, n
 
 
+def symmetric_floor(config):
+  """(floor in nats, mean on-pixels per target frame) on the training's validation subset."""
+  K, T = config.em.K, config.em.T
+  per_pixel = np.log(K) + (K - 1) * np.log(K / (K - 1)) if K > 1 else 0.0
+  on, n = 0.0, 0
+  for batch in data.iterate_batches(config.dataset, "validation", config.train.valid_batch_size,
+                                    seed=0, num_frames=T + 1, shuffle=False, num_epochs=1,
+                                    shard_index=0, shard_count=1,
+                                    data_dir=config.data_dir or None):
+    if n >= config.train.valid_size:
+      break
+    on += float(np.sum(batch["features"][1:]))
+    n += batch["features"].shape[1]
+  mean_on = on / (n * T)
+  return per_pixel * mean_on, mean_on
+
+
+def plot_curves(curves, floor, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4))
+  for item in curves:
+    label, wd = item.split("=", 1) if "=" in item else (os.path.basename(item), item)
+    with open(os.path.join(wd, "train_log.jsonl")) as f:
+      rows = [r for r in map(json.loads, f) if r["kind"] == "valid"]
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", label=label)
+  ax.axhline(floor, color="k", ls="--", lw=1, label="lowest loss of any symmetric state")
+  ax.set_xlabel("training step")
+  ax.set_ylabel("validation loss (nats per sequence step)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def main(argv):
   del argv
   config = FLAGS.config
+  floor, mean_on = symmetric_floor(config)
+  print(f"symmetric-state floor of the validation loss: {floor:.1f} nats "
+        f"({mean_on:.1f} on-pixels per frame)")
+  if FLAGS.figure:
+    plot_curves(FLAGS.curves, floor, FLAGS.figure)
   record = {"K": config.em.K, "T": config.em.T, "dataset": config.dataset,
+            "symmetric_floor_valid_loss": floor, "mean_on_pixels_per_frame": mean_on,
             "symmetric_point": {"psi_mean": 1 / config.em.K, "psi_max": 1 / config.em.K,
                                 "psi_spread": 0.0, "gamma_max": 1 / config.em.K,
                                 "components_used": float(config.em.K)},
