@@ -282,10 +282,11 @@ def _curve_stats(curves: Sequence[Sequence[float]]) -> dict:
 
 PAPER_MODELS = ("rnem", "rnem_k8", "rnem_noatt", "rnn_em", "lstm", "rnn")
 # then our variants (rnem_jax.config.MODEL_EM), tabulated but left out of the paper's claims
-MODEL_ORDER = PAPER_MODELS + ("rnem_noisy_gamma", "rnn_em_noisy_gamma")
+MODEL_ORDER = PAPER_MODELS + ("rnem_noisy_gamma", "rnn_em_noisy_gamma", "rnem_reference_actions")
 LABELS = {"rnem": "R-NEM", "rnem_k8": "R-NEM K=8", "rnem_noatt": "R-NEM no att",
           "rnn_em": "RNN-EM", "lstm": "LSTM", "rnn": "RNN",
-          "rnem_noisy_gamma": "R-NEM noisy γ", "rnn_em_noisy_gamma": "RNN-EM noisy γ"}
+          "rnem_noisy_gamma": "R-NEM noisy γ", "rnn_em_noisy_gamma": "RNN-EM noisy γ",
+          "rnem_reference_actions": "R-NEM, reference action tiling (A1)"}
 
 
 def model_of(name: str) -> str:
@@ -343,6 +344,25 @@ def metrics_table(summary: dict, suffix: str = "") -> list[str]:
              + (f", relational BCE {rel['mean']:.2f}" if rel else "")
              + " (the same test data for every model)."]
   return rows
+
+
+def split_table(summary: dict, suffix: str = "") -> list[str]:
+  """Markdown rows: whether the components split the scene, on the target frame's on-pixels
+  (``evaluate``'s ``fg_confidence`` and ``components_used``; no ground truth needed)."""
+  rows = ["| model | seeds | max_k γ on the frame, last step | components used, last step |",
+          "|---|---|---|---|"]
+  for name in ordered(summary):
+    m = summary[name]
+    if not is_mixture(name) or f"fg_confidence_last{suffix}" not in m:
+      continue
+    rows.append(f"| {label(name)} | {m['fg_confidence_last' + suffix]['seeds']} | "
+                f"{_pm(m['fg_confidence_last' + suffix], 3)} | "
+                f"{_pm(m.get('components_used_last' + suffix), 2)} |")
+  if len(rows) == 2:
+    return []
+  return rows + ["", "The symmetric solution (every component renders the whole frame) gives "
+                 "1/K and K; each on-pixel held by one component gives 1 and the number of "
+                 "components in use."]
 
 
 def rollout_table(summary: dict, steps: Sequence[int] = (1, 5, 6, 8, 10, 15)) -> list[str]:
@@ -534,6 +554,9 @@ def summary_markdown(summary: dict, title: str = "CPU reproduction: summary",
            "BCE in nats summed over the pixels of the last predicted frame; `/ baseline` is the "
            "ratio to the copy-last-frame baseline (lower is better).", ""]
   lines += [f"## {EXPERIMENT_NAMES[experiment][1]}", ""] + metrics_table(summary) + [""]
+  if not any("ari_last" in summary[n] for n in summary):   # no ground-truth groups
+    split = split_table(summary)
+    lines += ["### Grouping without ground truth", ""] + split + [""] if split else []
   if any("bce_last_678" in m for m in summary.values()):
     lines += ["## 6-8-ball test set (K=8 for the mixture models)", ""]
     lines += metrics_table(summary, "_678") + [""]

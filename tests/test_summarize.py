@@ -192,6 +192,19 @@ def test_report_of_runs_without_collisions_or_groups(tmp_path):
   assert "Copy-last-frame baseline: BCE 2750.0 (the same" in md and "claims" not in md
   paths = summarize.write_report(s, str(tmp_path / "report"), "atari")
   assert set(paths) == {"summary_md", "figure3"}
+  assert "Grouping without ground truth" not in md        # no split metrics in these runs
+  # with the split metrics (evaluate's fg_confidence, components_used): a table of them,
+  # two seeds of R-NEM as mean ± std, the A1 diagnostic under its own label
+  runs = []
+  for i, (name, conf, used) in enumerate([("rnem_small", 0.5, 3.9), ("rnem_small", 0.6, 3.7),
+                                          ("rnem_reference_actions_small", 0.55, 3.95)]):
+    runs.append(_run(tmp_path / f"b{i}", name, {"bce_last": 2000.0, "bce_last_rel": 0.7,
+                                                "fg_confidence_last": conf,
+                                                "components_used_last": used}))
+  md = summarize.summary_markdown(summarize.summarize(runs), experiment="atari")
+  assert "### Grouping without ground truth" in md
+  assert "| R-NEM | 2 | 0.550 ± 0.071 | 3.80 ± 0.14 |" in md
+  assert "| R-NEM, reference action tiling (A1) | 1 | 0.550 | 3.95 |" in md
 
 
 def _budget_run(path, name, seed, steps, valid, evaluated, metrics, resumed_twice_at=None):
