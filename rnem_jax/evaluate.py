@@ -51,7 +51,7 @@ def _protocol(config) -> dict:
   return {"protocol": f"bit-flip noise p={config.em.noise_prob} on inputs, random gamma0, "
                       f"seed {config.eval.seed}",
           "e_step_target": config.em.e_step_target,
-          "action_tiling": config.em.get("action_tiling", "per_sequence")}
+          "action_tiling": config.em.action_tiling}
 
 
 def step_metrics(network, params, batch: dict, key, *, K: int,
@@ -162,12 +162,17 @@ def _check_eval_data(config, mesh, dataset: str, T: int, batch_size: int):
 def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: int, T: int,
                 batch_size: int, max_sequences: int, seed: int,
                 num_real_steps: Optional[int] = None, simulate_input: bool = True,
-                simulate_gamma: bool = True) -> tuple[dict, int]:
-  """Mean per-step curves over a whole split (every sequence exactly once)."""
+                simulate_gamma: bool = True, metrics_fn=None) -> tuple[dict, int]:
+  """Mean per-step curves over a whole split (every sequence exactly once).
+
+  ``metrics_fn`` (default :func:`step_metrics`) computes the ``{name: [T, B]}`` curves of one
+  batch; it is called with ``step_metrics``'s arguments.
+  """
+  metrics_fn = metrics_fn or step_metrics
   info = _check_eval_data(config, mesh, dataset, T, batch_size)
   data_dir = config.data_dir or None
   # Replicated outputs: every process can read every sequence's metrics (multi-host).
-  fn = jax.jit(lambda p, b, k: step_metrics(
+  fn = jax.jit(lambda p, b, k: metrics_fn(
       network, p, b, k, K=K, num_real_steps=num_real_steps, num_groups=max(info.max_balls, 1),
       simulate_input=simulate_input, simulate_gamma=simulate_gamma, **em_options(config)),
       out_shardings=NamedSharding(mesh, P()))

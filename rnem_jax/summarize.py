@@ -554,9 +554,9 @@ def summary_markdown(summary: dict, title: str = "CPU reproduction: summary",
            "BCE in nats summed over the pixels of the last predicted frame; `/ baseline` is the "
            "ratio to the copy-last-frame baseline (lower is better).", ""]
   lines += [f"## {EXPERIMENT_NAMES[experiment][1]}", ""] + metrics_table(summary) + [""]
-  if not any("ari_last" in summary[n] for n in summary):   # no ground-truth groups
-    split = split_table(summary)
-    lines += ["### Grouping without ground truth", ""] + split + [""] if split else []
+  split = [] if any("ari_last" in m for m in summary.values()) else split_table(summary)
+  if split:   # no ground-truth groups, but the split metrics
+    lines += ["### Grouping without ground truth", ""] + split + [""]
   if any("bce_last_678" in m for m in summary.values()):
     lines += ["## 6-8-ball test set (K=8 for the mixture models)", ""]
     lines += metrics_table(summary, "_678") + [""]

@@ -217,10 +217,10 @@ def validate_config(config, num_devices: int) -> None:
                      f"train.valid_batch_size={config.train.valid_batch_size}")
   if not 0.0 <= config.em.noise_prob <= 1.0:
     raise ValueError(f"em.noise_prob must be in [0, 1], got {config.em.noise_prob}")
-  if config.em.get("action_tiling", "per_sequence") not in em.ACTION_TILINGS:
+  if config.em.action_tiling not in em.ACTION_TILINGS:
     raise ValueError(f"em.action_tiling must be one of {em.ACTION_TILINGS}, got "
                      f"{config.em.action_tiling!r}")
-  if config.em.get("action_tiling") == "reference" and not config.model.get("num_actions", 0):
+  if config.em.action_tiling == "reference" and not config.model.get("num_actions", 0):
     raise ValueError("em.action_tiling='reference' tiles actions, but this model has none "
                      "(model.num_actions=0): use it with configs/atari.py")
   if config.em.e_step_target not in em.E_STEP_TARGETS:
@@ -280,7 +280,7 @@ def em_options(config) -> dict:
   return dict(noise_prob=config.em.noise_prob, e_step_distribution=config.em.e_step,
               prior=config.em.prior, inter_weight=config.em.inter_weight,
               e_step_target=config.em.e_step_target,
-              action_tiling=config.em.get("action_tiling", "per_sequence"))
+              action_tiling=config.em.action_tiling)
 
 
 def make_loss_fn(network, config, K: int):

@@ -38,7 +38,7 @@ from ml_collections import config_flags
 
 from rnem_jax import data, em, evaluate, metrics
 from rnem_jax.model import build_network
-from rnem_jax.train import em_options, make_mesh
+from rnem_jax.train import make_mesh
 
 flags.DEFINE_list("runs", [], "run directories (each with checkpoints/{best,latest})")
 flags.DEFINE_string("out", "", "JSON output path")
@@ -65,34 +65,26 @@ def step_stats(psi, gamma, x_next):
   }
 
 
+def symmetry_metrics(network, params, batch, key, *, K, num_real_steps=None, num_groups=16,
+                     simulate_input=True, simulate_gamma=True, **em_kwargs):
+  """``evaluate.step_metrics``'s signature, returning the ``step_stats`` curves ``[T, B]``."""
+  del num_real_steps, num_groups, simulate_input, simulate_gamma   # a plain (real) EM rollout
+  x = batch["features"]
+  r = em.rollout(network, params, x, key, K=K, actions=batch.get("actions"), keep_outputs=True,
+                 **em_kwargs)
+  return jax.vmap(step_stats)(r.psi, r.gamma, x[1:])
+
+
 def measure(config, workdir, num_sequences, batch_size):
-  """{stat: [T] mean over sequences} and the checkpoint step of ``workdir``."""
+  """{stat: [T] mean over sequences}, the checkpoint step of ``workdir``, the sequence count."""
   mesh = make_mesh()
   network = build_network(config.model)
   params, step = evaluate.restore_params(config, workdir, network, mesh)
-  K, T = config.em.K, config.em.T
-
-  @jax.jit
-  def fn(params, features, actions, key):
-    r = em.rollout(network, params, features, key, K=K, actions=actions, keep_outputs=True,
-                   **em_options(config))
-    return jax.vmap(step_stats)(r.psi, r.gamma, features[1:])  # {stat: [T, B]}
-
-  sums, n = None, 0
-  batches = data.iterate_batches(config.dataset, "test", batch_size, seed=config.eval.seed,
-                                 num_frames=T + 1, shuffle=False, num_epochs=1,
-                                 drop_remainder=True, shard_index=0, shard_count=1,
-                                 data_dir=config.data_dir or None)
-  key = jax.random.key(config.eval.seed)
-  for i, batch in enumerate(batches):
-    if n >= num_sequences:
-      break
-    out = fn(params, jnp.asarray(batch["features"]), jnp.asarray(batch["actions"]),
-             jax.random.fold_in(key, i))
-    out = {k: np.asarray(v, np.float64).sum(axis=1) for k, v in out.items()}
-    sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
-    n += batch["features"].shape[1]
-  return {k: (v / n).tolist() for k, v in sums.items()}, step, n
+  curves, n = evaluate.run_metrics(config, params, network, mesh, dataset=config.dataset,
+                                   split="test", K=config.em.K, T=config.em.T,
+                                   batch_size=batch_size, max_sequences=num_sequences,
+                                   seed=config.eval.seed, metrics_fn=symmetry_metrics)
+  return {k: v.tolist() for k, v in curves.items()}, step, n
 
 
 def symmetric_floor(config):
