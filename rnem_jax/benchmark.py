@@ -5,7 +5,8 @@ Usage (the interface is stable; every flag has a default)::
   python -m rnem_jax.benchmark --model=rnem --batch=16 --K=5 --T=10 --image_size=64 \\
       --json=/tmp/bench.json
 
-Per variant (``--conv_impl=fast,xla`` compares implementations in one process,
+Per variant (``--conv_impl=fast,xla`` compares implementations and
+``--batch_splits=1,2`` the batch slicing of ``train.batch_splits`` in one process,
 which is the only fair comparison on a shared machine) it reports the compile
 time and the median step time of the jitted training step, the jitted
 forward-only rollout (the loss, no gradient) and the jitted evaluation step
@@ -54,6 +55,8 @@ flags.DEFINE_list("interaction_sizes", ["250", "250", "250", "100"],
 flags.DEFINE_list("conv_impl", ["fast"], f"variants to time, from {layers.CONV_IMPLEMENTATIONS}")
 flags.DEFINE_string("unroll", "full", "lax.scan unroll of the EM loop: 'full' or an integer")
 flags.DEFINE_bool("remat", False, "rematerialise each EM step in the backward pass")
+flags.DEFINE_list("batch_splits", ["1"], "variants to time: independent batch slices per EM "
+                  "step (em.rollout's batch_splits; train.batch_splits)")
 flags.DEFINE_integer("repeats", 5, "timed calls per measurement (after one warm-up call)")
 flags.DEFINE_list("parts", ["train", "forward", "eval"], "what to time")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n float32 matmul ceiling")
@@ -228,7 +231,7 @@ def synthetic_batch(key, T: int, B: int, image_size: int, channels: int = 1) -> 
 
 
 def compile_train_step(network, params, features, key, *, K: int, unroll=True,
-                       remat: bool = False, noise_prob: float = 0.2):
+                       remat: bool = False, noise_prob: float = 0.2, batch_splits: int = 1):
   """The jitted training step for ``features [T+1, B, H, W, C]``, compiled.
 
   Returns ``(compiled, state)``: ``compiled(state, {"features": features}, key) -> (state,
@@ -237,7 +240,7 @@ def compile_train_step(network, params, features, key, *, K: int, unroll=True,
   tx = train.make_optimizer(1e-3)
   state = train.create_train_state(jax.tree_util.tree_map(jnp.copy, params), tx)
   step = train.make_train_step(network, tx, K=K, noise_prob=noise_prob, unroll=unroll,
-                               remat=remat)
+                               remat=remat, batch_splits=batch_splits)
   return step.lower(state, {"features": features}, key).compile(), state
 
 
@@ -268,19 +271,22 @@ def synthetic_train_step(model: str, *, B: int, K: int, T: int, image_size: int,
 
 
 def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, remat: bool,
-                repeats: int, parts=("train", "forward", "eval"), noise_prob: float = 0.2) -> dict:
+                repeats: int, parts=("train", "forward", "eval"), noise_prob: float = 0.2,
+                batch_splits: int = 1) -> dict:
   """Compiles and times one variant; returns its measurements (see the module docstring)."""
   reset_peak_rss()
   network, params, batch, key = synthetic_inputs(model_cfg, B=B, K=K, T=T)
   fwd_flops = network_step_flops(network, params, B, K) * T
-  res = dict(conv_impl=conv_impl, unroll=unroll, remat=remat, B=B, K=K, T=T,
+  res = dict(conv_impl=conv_impl, unroll=unroll, remat=remat, batch_splits=batch_splits, B=B, K=K,
+             T=T,
              image_size=model_cfg.image_size, cell=model_cfg.cell,
              forward_gflop=fwd_flops / 1e9, train_gflop=3 * fwd_flops / 1e9)
   with layers.conv_implementation(conv_impl):
     if "train" in parts:
       t = time.perf_counter()
       compiled, state = compile_train_step(network, params, batch["features"], key, K=K,
-                                           unroll=unroll, remat=remat, noise_prob=noise_prob)
+                                           unroll=unroll, remat=remat, noise_prob=noise_prob,
+                                           batch_splits=batch_splits)
       res["compile_s"] = time.perf_counter() - t
       res["train_xla_gflop"] = (xla_flops(compiled) or float("nan")) / 1e9
       res["train_xla_temp_gb"] = xla_temp_gb(compiled)
@@ -298,7 +304,7 @@ def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, re
       del box, state, compiled
     if "forward" in parts:
       fwd = jax.jit(lambda p, x, k: em.training_loss(network, p, x, k, K=K, noise_prob=noise_prob,
-                                                     unroll=unroll)[0])
+                                                     unroll=unroll, batch_splits=batch_splits)[0])
       t = time.perf_counter()
       compiled = fwd.lower(params, batch["features"], key).compile()
       res["forward_compile_s"] = time.perf_counter() - t
@@ -320,7 +326,8 @@ def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, re
 
 
 def format_table(rows: list[dict], ceiling: float) -> str:
-  cols = [("conv_impl", "{}"), ("unroll", "{}"), ("remat", "{}"), ("compile_s", "{:.1f}"),
+  cols = [("conv_impl", "{}"), ("unroll", "{}"), ("remat", "{}"), ("batch_splits", "{}"),
+          ("compile_s", "{:.1f}"),
           ("train_step_s", "{:.3f}"), ("gflops_per_s", "{:.1f}"), ("ratio", "{:.2f}"),
           ("forward_s", "{:.3f}"), ("eval_s", "{:.3f}"), ("train_gflop", "{:.1f}"),
           ("train_xla_gflop", "{:.1f}"), ("peak_rss_gb", "{:.2f}"), ("train_xla_temp_gb", "{:.2f}"),
@@ -336,13 +343,14 @@ def benchmark(*, model: str = "rnem", architecture: str = "balls", B: int = 16,
               K: Optional[int] = None, T: int = 10, image_size: int = 64, hidden: int = 250,
               interaction_sizes=(250, 250, 250, 100), conv_impls=("fast",), unroll=True,
               remat: bool = False, repeats: int = 5, parts=("train", "forward", "eval"),
-              matmul_size: int = 2048) -> dict:
+              matmul_size: int = 2048, batch_splits=(1,)) -> dict:
   """Runs every variant in this process; returns the JSON record."""
   model_cfg, default_K = model_config(model, image_size, architecture, hidden, interaction_sizes)
   K = K or default_K
   before = matmul_gflops(matmul_size)
   variants = [run_variant(model_cfg=model_cfg, K=K, B=B, T=T, conv_impl=impl, unroll=unroll,
-                          remat=remat, repeats=repeats, parts=parts) for impl in conv_impls]
+                          remat=remat, repeats=repeats, parts=parts, batch_splits=splits)
+              for impl in conv_impls for splits in batch_splits]
   after = matmul_gflops(matmul_size)
   ceiling = max(before["numpy"], after["numpy"])
   for v in variants:
@@ -369,7 +377,8 @@ def main(argv):
                   image_size=FLAGS.image_size, hidden=FLAGS.hidden,
                   interaction_sizes=[int(s) for s in FLAGS.interaction_sizes],
                   conv_impls=FLAGS.conv_impl, unroll=unroll, remat=FLAGS.remat,
-                  repeats=FLAGS.repeats, parts=FLAGS.parts, matmul_size=FLAGS.matmul_size)
+                  repeats=FLAGS.repeats, parts=FLAGS.parts, matmul_size=FLAGS.matmul_size,
+                  batch_splits=[int(s) for s in FLAGS.batch_splits])
   print(f"{FLAGS.model} B={FLAGS.batch} K={out['K']} T={FLAGS.T} {FLAGS.image_size}x"
         f"{FLAGS.image_size} on {out['device']}; matmul ceiling "
         f"{out['matmul_gflops_per_s']:.0f} GFLOP/s (numpy {FLAGS.matmul_size}^2)")

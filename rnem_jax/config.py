@@ -109,6 +109,9 @@ def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "
       # 2.6x the compile time). See rnem_jax.train.
       unroll=1,
       remat=True,
+      # Independent batch slices per EM step (em.rollout's batch_splits; same maths):
+      # lets XLA:CPU's threads run two slices' small ops side by side. 1 = off.
+      batch_splits=1,
   ))
   c.train.update(train.get("all", {}))
   c.train.update(train.get(scale, {}))

@@ -199,7 +199,7 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
             prior: float = 0.0, inter_weight: float = 1.0, keep_outputs: bool = False,
             unroll: Union[int, bool] = 1, remat: bool = False, simulate_input: bool = True,
             simulate_gamma: bool = True, e_step_target: str = "clean",
-            action_tiling: str = "per_sequence") -> Rollout:
+            action_tiling: str = "per_sequence", batch_splits: int = 1) -> Rollout:
   """The full EM rollout over T = features.shape[0] - 1 steps as one ``lax.scan``.
 
   Args:
@@ -230,6 +230,11 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     unroll: ``lax.scan`` unroll factor (``True`` = fully unrolled); see
       ``train.py`` for why training unrolls.
     remat: rematerialise each step in the backward pass (saves memory).
+    batch_splits: run each EM step as this many independent sub-graphs, one per
+      equal slice of the batch (same noise, gamma0 and loss: the loss is a mean
+      over B). The maths is unchanged; XLA:CPU runs the slices' ops side by side
+      on its threads, which the batch's small ops alone do not fill (see
+      ``train.py``). B must be divisible by it.
 
   Returns:
     a ``Rollout``.
@@ -243,6 +248,8 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     actions = tile_actions_like_reference(actions, K)
   T = features.shape[0] - 1
   B = features.shape[1]
+  if batch_splits < 1 or B % batch_splits:
+    raise ValueError(f"batch_splits must be >= 1 and divide B = {B}; got {batch_splits}")
   k_noise, k_gamma = jax.random.split(key)
   flips = sample_flips(k_noise, (T,) + features.shape[1:], noise_prob, features.dtype)
   next_flips = None
@@ -275,14 +282,53 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
       out += (psi, gamma, alpha, x_in)
     return (state, psi, gamma), out
 
+  a_xs = None if actions is None else actions[:T]
+  carry0 = (state0, psi0, gamma0)
+  xs = (features[:T], features[1:], flips, next_flips, simulate, a_xs)
+  if batch_splits > 1:
+    step, carry0, xs = _split_batch(step, carry0, xs, batch_splits, keep_outputs)
   if remat:
     step = jax.checkpoint(step)
-  a_xs = None if actions is None else actions[:T]
-  xs = (features[:T], features[1:], flips, next_flips, simulate, a_xs)
-  _, out = jax.lax.scan(step, (state0, psi0, gamma0), xs, unroll=unroll)
+  _, out = jax.lax.scan(step, carry0, xs, unroll=unroll)
   if keep_outputs:
     return Rollout(*out, gamma0=gamma0)
   return Rollout(*out)
+
+
+def _split_batch(step, carry0, xs, splits: int, keep_outputs: bool):
+  """``(step, carry0, xs)`` of ``rollout``'s scan rewritten to run ``splits`` equal batch
+  slices as independent sub-graphs of one scan step.
+
+  The carry (``[B, ...]`` leaves) becomes a tuple of per-slice carries; the
+  per-step inputs ``(x_t, x_next, flip, next_flip, sim, a_t)`` (``[T, B, ...]``,
+  ``sim [T]`` shared) are sliced on B. Each slice's losses are means over its
+  sequences, so their mean is the whole batch's; kept outputs are concatenated
+  back on B.
+  """
+  B = carry0[1].shape[0]
+  b = B // splits
+
+  def part(tree, i, axis):
+    return jax.tree_util.tree_map(lambda a: jax.lax.slice_in_dim(a, i * b, (i + 1) * b, axis=axis),
+                                  tree)
+
+  x_t, x_next, flip, next_flip, sim, a_t = xs
+  batched = (x_t, x_next, flip, next_flip, a_t)
+  split_xs = (tuple(part(batched, i, 1) for i in range(splits)), sim)
+  split_carry = tuple(part(carry0, i, 0) for i in range(splits))
+
+  def split_step(carries, xs):
+    parts, sim = xs
+    results = []
+    for carry, (x_t, x_next, flip, next_flip, a_t) in zip(carries, parts):
+      results.append(step(carry, (x_t, x_next, flip, next_flip, sim, a_t)))
+    carries = tuple(r[0] for r in results)
+    outs = [r[1] for r in results]
+    losses = tuple(sum(o[j] for o in outs) / splits for j in range(3))
+    kept = tuple(jnp.concatenate([o[j] for o in outs]) for j in range(3, len(outs[0])))
+    return carries, losses + (kept if keep_outputs else ())
+
+  return split_step, split_carry, split_xs
 
 
 def training_loss(network, params, features, key, *, K: int, actions=None, **kwargs):
