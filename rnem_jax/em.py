@@ -286,7 +286,7 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
   carry0 = (state0, psi0, gamma0)
   xs = (features[:T], features[1:], flips, next_flips, simulate, a_xs)
   if batch_splits > 1:
-    step, carry0, xs = _split_batch(step, carry0, xs, batch_splits, keep_outputs)
+    step, carry0, xs = _split_batch(step, carry0, xs, batch_splits)
   if remat:
     step = jax.checkpoint(step)
   _, out = jax.lax.scan(step, carry0, xs, unroll=unroll)
@@ -295,7 +295,7 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
   return Rollout(*out)
 
 
-def _split_batch(step, carry0, xs, splits: int, keep_outputs: bool):
+def _split_batch(step, carry0, xs, splits: int):
   """``(step, carry0, xs)`` of ``rollout``'s scan rewritten to run ``splits`` equal batch
   slices as independent sub-graphs of one scan step.
 
@@ -326,7 +326,7 @@ def _split_batch(step, carry0, xs, splits: int, keep_outputs: bool):
     outs = [r[1] for r in results]
     losses = tuple(sum(o[j] for o in outs) / splits for j in range(3))
     kept = tuple(jnp.concatenate([o[j] for o in outs]) for j in range(3, len(outs[0])))
-    return carries, losses + (kept if keep_outputs else ())
+    return carries, losses + kept  # kept: psi, gamma, alpha, inputs when keep_outputs
 
   return split_step, split_carry, split_xs
 
