@@ -277,9 +277,8 @@ def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, re
   reset_peak_rss()
   network, params, batch, key = synthetic_inputs(model_cfg, B=B, K=K, T=T)
   fwd_flops = network_step_flops(network, params, B, K) * T
-  res = dict(conv_impl=conv_impl, unroll=unroll, remat=remat, batch_splits=batch_splits, B=B, K=K,
-             T=T,
-             image_size=model_cfg.image_size, cell=model_cfg.cell,
+  res = dict(conv_impl=conv_impl, unroll=unroll, remat=remat, batch_splits=batch_splits, B=B,
+             K=K, T=T, image_size=model_cfg.image_size, cell=model_cfg.cell,
              forward_gflop=fwd_flops / 1e9, train_gflop=3 * fwd_flops / 1e9)
   with layers.conv_implementation(conv_impl):
     if "train" in parts:

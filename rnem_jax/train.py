@@ -217,10 +217,10 @@ def validate_config(config, num_devices: int) -> None:
     if b < 1 or b % num_devices:
       raise ValueError(f"train.{name}={b} must be a positive multiple of the number of "
                        f"devices ({num_devices})")
-  splits = config.train.get("batch_splits", 1)
-  if splits < 1 or (config.train.batch_size // num_devices) % splits:
-    raise ValueError(f"train.batch_splits={splits} must divide each device's batch "
-                     f"({config.train.batch_size // num_devices} sequences)")
+  per_device = config.train.batch_size // num_devices
+  if config.train.batch_splits < 1 or per_device % config.train.batch_splits:
+    raise ValueError(f"train.batch_splits={config.train.batch_splits} must divide each device's "
+                     f"batch ({per_device} sequences)")
   if config.train.valid_size % config.train.valid_batch_size:
     raise ValueError(f"train.valid_size={config.train.valid_size} must be a multiple of "
                      f"train.valid_batch_size={config.train.valid_batch_size}")
@@ -355,7 +355,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   K, T = config.em.K, config.em.T
   train_step = make_train_step(network, tx, K=K, unroll=config.train.unroll,
                                remat=config.train.remat,
-                               batch_splits=config.train.get("batch_splits", 1),
+                               batch_splits=config.train.batch_splits,
                                **em_options(config))
   loss_fn = make_loss_fn(network, config, K)
   logger = _Logger(workdir)

@@ -49,6 +49,24 @@ def test_reference_action_tiling_is_an_atari_diagnostic():
     validate_config(bad, 1)
 
 
+def test_batch_splits_must_divide_each_devices_batch():
+  from rnem_jax.train import validate_config
+  cfg = load_config("balls", "rnem,small")
+  assert cfg.train.batch_splits == 1                      # off by default
+  with cfg.unlocked():
+    cfg.train.batch_splits = 2
+  validate_config(cfg, 1)                                 # 16 sequences: 2 slices of 8
+  validate_config(cfg, 2)                                 # 8 per device: 2 slices of 4
+  with cfg.unlocked():
+    cfg.train.batch_splits = 3
+  with pytest.raises(ValueError, match=r"batch_splits=3 must divide each device's batch \(16"):
+    validate_config(cfg, 1)
+  with cfg.unlocked():
+    cfg.train.batch_splits = 0
+  with pytest.raises(ValueError, match="batch_splits=0"):
+    validate_config(cfg, 1)
+
+
 @pytest.mark.parametrize("name,n_balls", [("bouncing_balls/balls4mass32_cpu", (4, 4)),
                                           ("bouncing_balls/balls678mass32_cpu", (6, 8)),
                                           ("curtain/balls3curtain32_cpu", (3, 3))])
