@@ -7,7 +7,8 @@ padding, and decoder "deconvolutions" made of a nearest-neighbour resize with
 the legacy TF index rule ``src = floor(i * in / out)`` followed by a stride-1
 convolution.
 
-Convolutions have two implementations with the same maths (``conv_implementation``):
+Convolutions have two implementations with the same maths (``impl`` of ``conv2d`` and of
+the modules; a config's ``model.conv_impl``, see ``resolve_conv_impl``):
 ``"xla"`` hands TF-SAME convolutions to ``lax.conv_general_dilated`` as written;
 ``"fast"`` (the default) rewrites them so that only stride-1 convolutions remain,
 whose gradients XLA:CPU computes quickly (``rnem_jax/benchmark.py`` measures both):
@@ -34,9 +35,8 @@ whose gradients XLA:CPU computes quickly (``rnem_jax/benchmark.py`` measures bot
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -117,24 +117,22 @@ class DenseLN(nn.Module):
 
 
 CONV_IMPLEMENTATIONS = ("fast", "xla")
-_conv_impl = "fast"
 
 
-@contextlib.contextmanager
-def conv_implementation(name: str) -> Iterator[None]:
-  """Within the block, convolutions traced by ``conv2d`` use implementation ``name``.
+def resolve_conv_impl(name: str, backend: Optional[str] = None) -> str:
+  """``"auto"`` -> ``"fast"`` on the CPU backend, ``"xla"`` on GPU/TPU; other names checked.
 
-  Read at trace time: jit a function inside the block (a function already
-  compiled keeps the implementation it was traced with).
+  The fast convolutions are written for XLA:CPU, whose own strided and
+  transposed convolution gradients are slow; GPU and TPU compilers handle
+  ``lax.conv_general_dilated`` and its gradients natively. ``backend`` defaults
+  to ``jax.default_backend()``.
   """
-  global _conv_impl
+  if name == "auto":
+    return "fast" if (backend or jax.default_backend()) == "cpu" else "xla"
   if name not in CONV_IMPLEMENTATIONS:
-    raise ValueError(f"unknown conv implementation {name!r}; choose one of {CONV_IMPLEMENTATIONS}")
-  previous, _conv_impl = _conv_impl, name
-  try:
-    yield
-  finally:
-    _conv_impl = previous
+    raise ValueError(f"unknown conv implementation {name!r}; choose 'auto' or one of "
+                     f"{CONV_IMPLEMENTATIONS}")
+  return name
 
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -355,16 +353,18 @@ def _upscale_conv(x: jnp.ndarray, kernel: jnp.ndarray, factor: int) -> jnp.ndarr
 
 
 def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1,
-           resize_to: Optional[tuple[int, int]] = None) -> jnp.ndarray:
+           resize_to: Optional[tuple[int, int]] = None, impl: str = "fast") -> jnp.ndarray:
   """TF-SAME convolution of ``x: [N, H, W, C]`` with ``kernel: [k, k, C, F]``, no bias.
 
-  ``resize_to`` first nearest-resizes ``x`` (``nearest_resize``). The
-  implementation follows ``conv_implementation``; all give the same result up
-  to float rounding.
+  ``resize_to`` first nearest-resizes ``x`` (``nearest_resize``). ``impl``:
+  ``"fast"`` or ``"xla"`` (see the module docstring); both give the same result
+  up to float rounding.
   """
   if kernel.shape[0] != kernel.shape[1]:
     raise ValueError(f"conv2d takes square kernels; got {kernel.shape}")
-  if _conv_impl == "fast":
+  if impl not in CONV_IMPLEMENTATIONS:
+    raise ValueError(f"unknown conv implementation {impl!r}; choose one of {CONV_IMPLEMENTATIONS}")
+  if impl == "fast":
     if resize_to is not None:
       h, w = x.shape[1:3]
       f = resize_to[0] // h
@@ -388,13 +388,14 @@ class Conv(nn.Module):
   kernel: int
   stride: int = 1
   resize_to: Optional[tuple[int, int]] = None
+  impl: str = "fast"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     kernel = self.param("kernel", glorot_uniform,
                         (self.kernel, self.kernel, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return conv2d(x, kernel, self.stride, self.resize_to) + bias
+    return conv2d(x, kernel, self.stride, self.resize_to, self.impl) + bias
 
 
 class ConvLN(nn.Module):
@@ -410,11 +411,12 @@ class ConvLN(nn.Module):
   act: str = "relu"
   use_ln: bool = True
   resize_to: Optional[tuple[int, int]] = None
+  impl: str = "fast"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """``x: [N, H, W, C] -> [N, H', W', features]``."""
-    y = Conv(self.features, self.kernel, self.stride, self.resize_to)(x)
+    y = Conv(self.features, self.kernel, self.stride, self.resize_to, self.impl)(x)
     if self.use_ln:
       y = layer_norm(y)
     return activation(self.act)(y)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rnem_jax import cells
-from rnem_jax.layers import ConvLN, DenseLN
+from rnem_jax.layers import ConvLN, DenseLN, resolve_conv_impl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,11 +108,12 @@ class Encoder(nn.Module):
   """``[N, H, W, C] -> z [N, enc_fc[-1]]``: convs and fcs, each LN + ELU."""
 
   arch: Architecture
+  conv_impl: str = "fast"
 
   @nn.compact
   def __call__(self, x):
     for features, kernel, stride in self.arch.enc_convs:
-      x = ConvLN(features, kernel, stride, act="elu")(x)
+      x = ConvLN(features, kernel, stride, act="elu", impl=self.conv_impl)(x)
     x = x.reshape(x.shape[0], -1)
     for units in self.arch.enc_fc:
       x = DenseLN(units, act="elu")(x)
@@ -123,6 +124,7 @@ class Decoder(nn.Module):
   """``y [N, M] -> psi [N, H, W, C]`` in (0, 1)."""
 
   arch: Architecture
+  conv_impl: str = "fast"
 
   @nn.compact
   def __call__(self, y):
@@ -132,7 +134,7 @@ class Decoder(nn.Module):
     last = len(self.arch.dec_rconvs) - 1
     for n, (size, features, kernel) in enumerate(self.arch.dec_rconvs):
       x = ConvLN(features, kernel, 1, act="sigmoid" if n == last else "relu",
-                 use_ln=n != last, resize_to=(size, size))(x)
+                 use_ln=n != last, resize_to=(size, size), impl=self.conv_impl)(x)
     return x
 
 
@@ -147,6 +149,8 @@ class NEMNetwork(nn.Module):
     num_actions: > 0 feeds one-hot actions through fc(action_embed) -> LN -> ReLU
       to the cell (Atari, SPEC D5); 0 for none.
     action_embed: units of the action embedding.
+    conv_impl: ``"fast"`` or ``"xla"`` convolutions (``layers.conv2d``); the
+      same parameters and maths either way.
   """
 
   arch: Architecture
@@ -155,12 +159,13 @@ class NEMNetwork(nn.Module):
   interaction_sizes: tuple[int, int, int, int] = (250, 250, 250, 100)
   num_actions: int = 0
   action_embed: int = 10
+  conv_impl: str = "fast"
 
   def setup(self):
     self.arch.validate()
-    self.encoder = Encoder(self.arch)
+    self.encoder = Encoder(self.arch, self.conv_impl)
     self.cell = cells.make_cell(self.cell_type, self.hidden, self.interaction_sizes)
-    self.decoder = Decoder(self.arch)
+    self.decoder = Decoder(self.arch, self.conv_impl)
     if self.num_actions:
       self.action_mlp = DenseLN(self.action_embed, act="relu")
 
@@ -206,7 +211,8 @@ def build_network(model_cfg: ml_collections.ConfigDict) -> NEMNetwork:
 
   Reads ``architecture`` ('balls' | 'atari'), ``image_size``, ``channels``,
   ``cell`` (see ``cells.CELL_TYPES``), ``hidden``, ``interaction_sizes``,
-  ``num_actions`` and ``action_embed``.
+  ``num_actions``, ``action_embed`` and ``conv_impl`` (``"auto"``: chosen from
+  the backend, ``layers.resolve_conv_impl``).
   """
   if model_cfg.architecture not in ARCHITECTURES:
     raise ValueError(
@@ -222,6 +228,7 @@ def build_network(model_cfg: ml_collections.ConfigDict) -> NEMNetwork:
       interaction_sizes=tuple(model_cfg.interaction_sizes),
       num_actions=model_cfg.get("num_actions", 0),
       action_embed=model_cfg.get("action_embed", 10),
+      conv_impl=resolve_conv_impl(model_cfg.get("conv_impl", "auto")),
   )
 
 
@@ -249,6 +256,7 @@ def default_model_config(**overrides) -> ml_collections.ConfigDict:
       interaction_sizes=(250, 250, 250, 100),
       num_actions=0,
       action_embed=10,
+      conv_impl="auto",   # "fast" (ours, for XLA:CPU) | "xla" | "auto": fast on CPU, xla on GPU/TPU
   ))
   cfg.update(overrides)
   return cfg

@@ -1,9 +1,11 @@
-"""The fast convolutions (rnem_jax.layers, ``conv_implementation("fast")``) change no results.
+"""The fast convolutions (rnem_jax.layers, ``impl="fast"``) change no results.
 
 Each check compares against the straightforward formulation: TF-SAME
 ``lax.conv_general_dilated`` after an explicit nearest resize, differentiated by
-JAX's own rules (``conv_implementation("xla")``).
+JAX's own rules (``impl="xla"``).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +17,8 @@ from rnem_jax import model as M
 
 
 def _both(fn, *args):
-  """``fn(*args)`` jitted under the reference and under the fast implementation."""
-  out = {}
-  for impl in ("xla", "fast"):
-    with layers.conv_implementation(impl):
-      out[impl] = jax.jit(fn)(*args)
+  """``fn(impl, *args)`` jitted with the reference and with the fast implementation."""
+  out = {impl: jax.jit(functools.partial(fn, impl))(*args) for impl in ("xla", "fast")}
   return out["xla"], out["fast"]
 
 
@@ -52,9 +51,9 @@ def test_conv2d_value_and_gradients_match_lax(size, c_in, c_out, k, stride, resi
   probe = jax.random.normal(jax.random.key(2), jax.eval_shape(
       lambda: layers.conv2d(x, w, stride, resize_to)).shape)
 
-  def value_and_grad(x, w):
-    y = layers.conv2d(x, w, stride, resize_to)
-    return y, jax.grad(lambda x, w: jnp.sum(probe * layers.conv2d(x, w, stride, resize_to)),
+  def value_and_grad(impl, x, w):
+    y = layers.conv2d(x, w, stride, resize_to, impl)
+    return y, jax.grad(lambda x, w: jnp.sum(probe * layers.conv2d(x, w, stride, resize_to, impl)),
                        (0, 1))(x, w)
 
   want, got = _both(value_and_grad, x, w)
@@ -89,11 +88,25 @@ def test_training_loss_and_gradients_match(unroll, remat):
   params = M.init_params(net, jax.random.key(0))
   features = jax.random.bernoulli(jax.random.key(1), 0.2, (3, 2, 16, 16, 1)).astype(jnp.float32)
 
-  def loss_and_grad(params):
+  def loss_and_grad(impl, params):
+    net_impl = net.clone(conv_impl=impl)
     return jax.value_and_grad(
-        lambda p: em.training_loss(net, p, features, jax.random.key(2), K=3, noise_prob=0.2,
+        lambda p: em.training_loss(net_impl, p, features, jax.random.key(2), K=3, noise_prob=0.2,
                                    unroll=unroll, remat=remat)[0])(params)
 
   (want_loss, want_grad), (got_loss, got_grad) = _both(loss_and_grad, params)
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
   _assert_tree_close(want_grad, got_grad, rtol=1e-4)
+
+
+def test_auto_chooses_by_backend():
+  assert layers.resolve_conv_impl("auto", backend="cpu") == "fast"
+  assert layers.resolve_conv_impl("auto", backend="gpu") == "xla"
+  assert layers.resolve_conv_impl("auto", backend="tpu") == "xla"
+  assert layers.resolve_conv_impl("xla", backend="cpu") == "xla"
+  with pytest.raises(ValueError, match="unknown conv implementation"):
+    layers.resolve_conv_impl("cudnn")
+  cfg = M.default_model_config(image_size=16, conv_impl="xla")
+  assert M.build_network(cfg).conv_impl == "xla"
+  assert M.build_network(M.default_model_config(image_size=16)).conv_impl == (
+      "fast" if jax.default_backend() == "cpu" else "xla")
