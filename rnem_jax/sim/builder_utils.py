@@ -1,10 +1,11 @@
 """Shared plumbing for the thin TFDS builders in ``datasets/``.
 
-Generation of a split fans the per-example simulator out over local cores
-(a bounded process pool: ``fork``, or ``spawn`` when the parent already runs
-JAX threads) and yields examples in index order, with a tqdm progress bar. Example i
-of a split is a pure function of (config seed, split, i), so the bytes written
-do not depend on the number of workers.
+Generation of a split fans the per-example simulator out over the cores this
+process may use (:func:`default_num_workers`) in a bounded process pool (``fork``,
+or ``spawn`` when the parent already runs JAX threads) and yields examples in
+index order, with a tqdm progress bar. Example i of a split is a pure function of
+(config seed, split, i), so the bytes written do not depend on the number of
+workers.
 """
 
 from __future__ import annotations
@@ -27,6 +28,30 @@ from rnem_jax.sim import balls
 SPLIT_INDEX = {"train": 0, "validation": 1, "test": 2}
 # Below this many examples the pool start-up costs more than it saves.
 _MIN_EXAMPLES_FOR_POOL = 64
+WORKERS_ENV = "RNEM_BUILD_WORKERS"
+
+
+def default_num_workers() -> int:
+  """Generation processes when none are given: ``$RNEM_BUILD_WORKERS`` if set (and not
+  empty), else the cores this process may run on (its CPU affinity, which a SLURM job
+  or a container may restrict), else ``os.cpu_count()``.
+
+  Raises:
+    ValueError: ``$RNEM_BUILD_WORKERS`` is set but not a positive integer.
+  """
+  value = os.environ.get(WORKERS_ENV, "").strip()
+  if value:
+    try:
+      workers = int(value)
+    except ValueError:
+      workers = 0
+    if workers < 1:
+      raise ValueError(f"{WORKERS_ENV} must be a positive integer, got {value!r}")
+    return workers
+  try:
+    return len(os.sched_getaffinity(0)) or 1
+  except (AttributeError, OSError):  # not available on this platform (e.g. macOS)
+    return os.cpu_count() or 1
 
 
 def _call_with_seeds(fn: Callable[[np.random.SeedSequence], dict],
@@ -50,12 +75,14 @@ def generate_split(fn: Callable[[np.random.SeedSequence], dict[str, Any]],
   """Yields ``(i, fn(SeedSequence([seed, split_index, i])))`` for i < num_examples, in order.
 
     ``fn`` must be picklable (a module-level function or a functools.partial of one).
-    ``num_workers`` defaults to all local cores. At most a few chunks per worker
+    ``num_workers`` defaults to :func:`default_num_workers`. At most a few chunks per worker
     are in flight, so memory stays bounded however slowly the writer consumes.
     """
   split_index = SPLIT_INDEX[split]
   entropies = [(seed, split_index, i) for i in range(num_examples)]
-  num_workers = num_workers or os.cpu_count() or 1
+  if num_workers is not None and num_workers < 0:
+    raise ValueError(f"num_workers must be >= 1 (or 0/None for the default), got {num_workers}")
+  num_workers = num_workers or default_num_workers()
   bar = tqdm.tqdm(total=num_examples,
                   desc=f"{desc} {split}".strip(),
                   unit="seq",
@@ -120,7 +147,7 @@ class SimulatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
 
   def __init__(self, *, num_workers: Optional[int] = None, beam: bool = False, **kwargs):
-    """``num_workers``: generation processes (default: all local cores).
+    """``num_workers``: generation processes (default: :func:`default_num_workers`).
 
     ``beam=True`` generates every split as an Apache Beam pipeline instead
     (cluster-scale generation; pass a ``beam_runner`` to ``download_and_prepare``'s
