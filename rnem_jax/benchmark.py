@@ -52,7 +52,8 @@ flags.DEFINE_integer("image_size", 64, "frame height = width")
 flags.DEFINE_integer("hidden", 250, "recurrent size M")
 flags.DEFINE_list("interaction_sizes", ["250", "250", "250", "100"],
                   "Upsilon's (enc, embed, effect, attention) units")
-flags.DEFINE_list("conv_impl", ["fast"], f"variants to time, from {layers.CONV_IMPLEMENTATIONS}")
+flags.DEFINE_list("conv_impl", ["auto"], "variants to time, from 'auto' (fast on CPU, xla on "
+                  f"GPU/TPU) and {layers.CONV_IMPLEMENTATIONS}")
 flags.DEFINE_string("unroll", "full", "lax.scan unroll of the EM loop: 'full' or an integer")
 flags.DEFINE_bool("remat", False, "rematerialise each EM step in the backward pass")
 flags.DEFINE_list("batch_splits", ["1"], "variants to time: independent batch slices per EM "
@@ -112,8 +113,8 @@ def network_step_flops(network, params, B: int, K: int) -> float:
   u = jax.ShapeDtypeStruct((B, K, h, w, network.arch.channels), jnp.float32)
   state = network.initial_state(B, K)
   actions = jnp.zeros((B,), jnp.int32) if network.num_actions else None
-  with layers.conv_implementation("xla"):
-    closed = jax.make_jaxpr(lambda p, u: network.apply(p, u, state, actions))(params, u)
+  plain = network.clone(conv_impl="xla")
+  closed = jax.make_jaxpr(lambda p, u: plain.apply(p, u, state, actions))(params, u)
   return jaxpr_flops(closed.jaxpr)
 
 
@@ -232,15 +233,18 @@ def synthetic_batch(key, T: int, B: int, image_size: int, channels: int = 1) -> 
 
 def compile_train_step(network, params, features, key, *, K: int, unroll=True,
                        remat: bool = False, noise_prob: float = 0.2, batch_splits: int = 1):
-  """The jitted training step for ``features [T+1, B, H, W, C]``, compiled.
+  """The training loop's step (``train.make_train_step`` on a one-device mesh) for
+  ``features [T+1, B, H, W, C]``, compiled.
 
   Returns ``(compiled, state)``: ``compiled(state, {"features": features}, key) -> (state,
   metrics)``. The step donates its state, so ``state`` holds its own copy of ``params``.
   """
   tx = train.make_optimizer(1e-3)
-  state = train.create_train_state(jax.tree_util.tree_map(jnp.copy, params), tx)
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.replicate(train.create_train_state(jax.tree_util.tree_map(jnp.copy, params), tx),
+                          mesh)
   step = train.make_train_step(network, tx, K=K, noise_prob=noise_prob, unroll=unroll,
-                               remat=remat, batch_splits=batch_splits)
+                               remat=remat, batch_splits=batch_splits, mesh=mesh)
   return step.lower(state, {"features": features}, key).compile(), state
 
 
@@ -275,50 +279,52 @@ def run_variant(*, model_cfg, K: int, B: int, T: int, conv_impl: str, unroll, re
                 batch_splits: int = 1) -> dict:
   """Compiles and times one variant; returns its measurements (see the module docstring)."""
   reset_peak_rss()
+  conv_impl = layers.resolve_conv_impl(conv_impl)
+  model_cfg = model_cfg.copy_and_resolve_references()
+  model_cfg.conv_impl = conv_impl
   network, params, batch, key = synthetic_inputs(model_cfg, B=B, K=K, T=T)
   fwd_flops = network_step_flops(network, params, B, K) * T
   res = dict(conv_impl=conv_impl, unroll=unroll, remat=remat, batch_splits=batch_splits, B=B,
              K=K, T=T, image_size=model_cfg.image_size, cell=model_cfg.cell,
              forward_gflop=fwd_flops / 1e9, train_gflop=3 * fwd_flops / 1e9)
-  with layers.conv_implementation(conv_impl):
-    if "train" in parts:
-      t = time.perf_counter()
-      compiled, state = compile_train_step(network, params, batch["features"], key, K=K,
-                                           unroll=unroll, remat=remat, noise_prob=noise_prob,
-                                           batch_splits=batch_splits)
-      res["compile_s"] = time.perf_counter() - t
-      res["train_xla_gflop"] = (xla_flops(compiled) or float("nan")) / 1e9
-      res["train_xla_temp_gb"] = xla_temp_gb(compiled)
-      box = [state]
+  if "train" in parts:
+    t = time.perf_counter()
+    compiled, state = compile_train_step(network, params, batch["features"], key, K=K,
+                                         unroll=unroll, remat=remat, noise_prob=noise_prob,
+                                         batch_splits=batch_splits)
+    res["compile_s"] = time.perf_counter() - t
+    res["train_xla_gflop"] = (xla_flops(compiled) or float("nan")) / 1e9
+    res["train_xla_temp_gb"] = xla_temp_gb(compiled)
+    box = [state]
 
-      def one_step():
-        box[0], metrics = compiled(box[0], {"features": batch["features"]}, key)
-        jax.block_until_ready(metrics)
+    def one_step():
+      box[0], metrics = compiled(box[0], {"features": batch["features"]}, key)
+      jax.block_until_ready(metrics)
 
-      faults = host_memory.minor_page_faults()
-      res["train_step_s"], res["train_step_all_s"] = time_calls(one_step, repeats)
-      res["train_page_faults_per_step"] = (host_memory.minor_page_faults() - faults) / (
-          repeats + 1)
-      res["gflops_per_s"] = res["train_gflop"] / res["train_step_s"]
-      del box, state, compiled
-    if "forward" in parts:
-      fwd = jax.jit(lambda p, x, k: em.training_loss(network, p, x, k, K=K, noise_prob=noise_prob,
-                                                     unroll=unroll, batch_splits=batch_splits)[0])
-      t = time.perf_counter()
-      compiled = fwd.lower(params, batch["features"], key).compile()
-      res["forward_compile_s"] = time.perf_counter() - t
-      res["forward_xla_gflop"] = (xla_flops(compiled) or float("nan")) / 1e9
-      res["forward_s"], _ = time_calls(
-          lambda: compiled(params, batch["features"], key).block_until_ready(), repeats)
-      res["forward_gflops_per_s"] = res["forward_gflop"] / res["forward_s"]
-    if "eval" in parts:
-      ev = jax.jit(lambda p, b, k: evaluate.step_metrics(network, p, b, k, K=K,
-                                                         noise_prob=noise_prob, num_groups=4))
-      t = time.perf_counter()
-      compiled = ev.lower(params, batch, key).compile()
-      res["eval_compile_s"] = time.perf_counter() - t
-      res["eval_s"], _ = time_calls(
-          lambda: jax.block_until_ready(compiled(params, batch, key)), repeats)
+    faults = host_memory.minor_page_faults()
+    res["train_step_s"], res["train_step_all_s"] = time_calls(one_step, repeats)
+    res["train_page_faults_per_step"] = (host_memory.minor_page_faults() - faults) / (
+        repeats + 1)
+    res["gflops_per_s"] = res["train_gflop"] / res["train_step_s"]
+    del box, state, compiled
+  if "forward" in parts:
+    fwd = jax.jit(lambda p, x, k: em.training_loss(network, p, x, k, K=K, noise_prob=noise_prob,
+                                                   unroll=unroll, batch_splits=batch_splits)[0])
+    t = time.perf_counter()
+    compiled = fwd.lower(params, batch["features"], key).compile()
+    res["forward_compile_s"] = time.perf_counter() - t
+    res["forward_xla_gflop"] = (xla_flops(compiled) or float("nan")) / 1e9
+    res["forward_s"], _ = time_calls(
+        lambda: compiled(params, batch["features"], key).block_until_ready(), repeats)
+    res["forward_gflops_per_s"] = res["forward_gflop"] / res["forward_s"]
+  if "eval" in parts:
+    ev = jax.jit(lambda p, b, k: evaluate.step_metrics(network, p, b, k, K=K,
+                                                       noise_prob=noise_prob, num_groups=4))
+    t = time.perf_counter()
+    compiled = ev.lower(params, batch, key).compile()
+    res["eval_compile_s"] = time.perf_counter() - t
+    res["eval_s"], _ = time_calls(
+        lambda: jax.block_until_ready(compiled(params, batch, key)), repeats)
   res["peak_rss_gb"] = peak_rss_gb()
   res["device_peak_gb"] = device_memory_gb()
   return res
@@ -340,7 +346,7 @@ def format_table(rows: list[dict], ceiling: float) -> str:
 
 def benchmark(*, model: str = "rnem", architecture: str = "balls", B: int = 16,
               K: Optional[int] = None, T: int = 10, image_size: int = 64, hidden: int = 250,
-              interaction_sizes=(250, 250, 250, 100), conv_impls=("fast",), unroll=True,
+              interaction_sizes=(250, 250, 250, 100), conv_impls=("auto",), unroll=True,
               remat: bool = False, repeats: int = 5, parts=("train", "forward", "eval"),
               matmul_size: int = 2048, batch_splits=(1,)) -> dict:
   """Runs every variant in this process; returns the JSON record."""

@@ -100,13 +100,13 @@ def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "
       max_steps=0,                     # 0 = no limit
       max_minutes=0.0,                 # wall-clock budget; 0 = no limit
       patience=10,                     # early stopping, in epochs
-      valid_size=1000,                 # fixed validation subset (first sequences)
-      valid_batch_size=64,
+      valid_size=1000,                 # fixed validation subset (first sequences), every process
+      valid_batch_size=64,             # any size: batches are padded to a multiple of the devices
       log_every=10,
       checkpoint_every=100,            # steps between "latest" checkpoints
-      # EM scan: rolled + remat at paper scale (31.7 s/step, 2.4 GB peak vs 56.8 s, 13.5 GB
-      # without remat, B64 K5 T30 here); unrolled for the small CPU runs (9% faster steps,
-      # 2.6x the compile time). See rnem_jax.train.
+      # EM scan: rolled + remat at paper scale (a fraction of the memory and a faster step on
+      # CPU); unrolled for the small CPU runs (faster steps, longer compiles). Measurements:
+      # README, Performance.
       unroll=1,
       remat=True,
       # Independent batch slices per EM step (em.rollout's batch_splits; same maths):

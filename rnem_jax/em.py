@@ -34,11 +34,60 @@ def sample_flips(key: jax.Array, shape, prob: float, dtype=jnp.float32) -> jnp.n
 
 
 def sample_gamma0(key: jax.Array, shape) -> jnp.ndarray:
-  """Initial soft assignments ``[B, K, ...]``: |N(0, 1)| normalised over K (1 if K = 1)."""
-  if shape[1] == 1:
+  """Initial soft assignments ``[..., K, H, W, 1]``: |N(0, 1)| normalised over K (1 if K = 1)."""
+  if shape[-4] == 1:
     return jnp.ones(shape, jnp.float32)
   g = jnp.abs(jax.random.normal(key, shape, jnp.float32))
-  return g / jnp.sum(g, axis=1, keepdims=True)
+  return g / jnp.sum(g, axis=-4, keepdims=True)
+
+
+def sequence_keys(key: jax.Array, first: Union[int, jnp.ndarray], count: int) -> jax.Array:
+  """Per-sequence keys ``[count]``: ``key`` folded with the indices ``first .. first+count-1``.
+
+  A sequence's noise and gamma0 then depend on its index alone, not on the batch
+  it is in, its position there, the batch size or the number of devices.
+  """
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(count))
+
+
+def _is_per_sequence(key: jax.Array) -> bool:
+  """A typed key array of shape [B] (one key per sequence), not one key."""
+  return jnp.ndim(key) == 1 and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def draw_noise(key: jax.Array, features_shape, K: int, noise_prob: float, dtype,
+               next_frame_flips: bool = False):
+  """The random inputs of a rollout: bit flips of the T input frames and gamma0.
+
+  Args:
+    key: one key for the batch, or per-sequence keys ``[B]`` (``sequence_keys``):
+      then sequence b's draws depend on ``key[b]`` alone.
+    features_shape: ``[T+1, B, H, W, C]``.
+    next_frame_flips: also the flips of frames 1..T (``e_step_target="noisy"``;
+      frames 1..T-1 share the input flips, frame T's are drawn apart).
+
+  Returns:
+    ``(flips [T, B, H, W, C], next_flips [T, B, H, W, C] or None, gamma0 [B, K, H, W, 1])``.
+  """
+  T, B = features_shape[0] - 1, features_shape[1]
+  frame, pixels = tuple(features_shape[2:]), tuple(features_shape[2:4]) + (1,)
+
+  def draw(key, batch):
+    k_noise, k_gamma = jax.random.split(key)
+    flips = sample_flips(k_noise, (T,) + batch + frame, noise_prob, dtype)
+    last = None
+    if next_frame_flips:
+      last = sample_flips(jax.random.fold_in(k_noise, 1), (1,) + batch + frame, noise_prob, dtype)
+    return flips, last, sample_gamma0(k_gamma, batch + (K,) + pixels)
+
+  if _is_per_sequence(key):
+    if key.shape[0] != B:
+      raise ValueError(f"got {key.shape[0]} per-sequence keys for a batch of {B}")
+    flips, last, gamma0 = jax.vmap(lambda k: draw(k, ()), out_axes=(1, 1, 0))(key)
+  else:
+    flips, last, gamma0 = draw(key, (B,))
+  next_flips = None if last is None else jnp.concatenate([flips[1:], last])
+  return flips, next_flips, gamma0
 
 
 def sum_components(v: jnp.ndarray) -> jnp.ndarray:
@@ -206,7 +255,9 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     network: a ``model.NEMNetwork`` (its ``apply`` is the M-step).
     params: its parameters.
     features: [T+1, B, H, W, C] clean binary frames.
-    key: PRNG key for the bit-flip noise and gamma0.
+    key: PRNG key for the bit-flip noise and gamma0: one for the batch, or one
+      per sequence ``[B]`` (``sequence_keys``; training and evaluation use
+      these, so results do not depend on how sequences are batched or sharded).
     K: number of components (any K >= 1, independent of the parameters).
     noise_prob: bit-flip probability on the network input (targets stay clean).
     e_step_target: which frame t+1 the E-step compares psi_t with. ``"clean"``
@@ -250,14 +301,8 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
   B = features.shape[1]
   if batch_splits < 1 or B % batch_splits:
     raise ValueError(f"batch_splits must be >= 1 and divide B = {B}; got {batch_splits}")
-  k_noise, k_gamma = jax.random.split(key)
-  flips = sample_flips(k_noise, (T,) + features.shape[1:], noise_prob, features.dtype)
-  next_flips = None
-  if e_step_target == "noisy":  # the flips of frames 1..T; frame T's drawn apart (same inputs)
-    last = sample_flips(jax.random.fold_in(k_noise, 1), (1,) + features.shape[1:], noise_prob,
-                        features.dtype)
-    next_flips = jnp.concatenate([flips[1:], last])
-  gamma0 = sample_gamma0(k_gamma, (B, K) + features.shape[2:4] + (1,))
+  flips, next_flips, gamma0 = draw_noise(key, features.shape, K, noise_prob, features.dtype,
+                                         next_frame_flips=e_step_target == "noisy")
   psi0 = jnp.zeros((B, K) + features.shape[2:], features.dtype)
   state0 = network.initial_state(B, K)
   n_real = T if num_real_steps is None else int(num_real_steps)

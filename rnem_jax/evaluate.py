@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Optional
 
 import jax
@@ -35,8 +34,8 @@ from jax.sharding import PartitionSpec as P
 from rnem_jax import data, em, metrics
 from rnem_jax.model import build_network, init_params
 from rnem_jax.train import (Checkpoints, check_compatible, check_data_fits_model,
-                            create_train_state, em_options, make_mesh, make_optimizer, replicate,
-                            shard_batch)
+                            create_train_state, em_options, make_mesh, make_optimizer, pad_batch,
+                            replicate, shard_batch, workdir_path)
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +113,6 @@ def summarise(curves: dict[str, np.ndarray]) -> dict:
   return out
 
 
-def _pad(batch: dict, size: int) -> tuple[dict, int]:
-  """Pads the batch axis (1) to ``size`` by repeating the last sequence."""
-  n = next(iter(batch.values())).shape[1]
-  if n == size:
-    return batch, n
-  pad = lambda v: np.concatenate([v, np.repeat(v[:, -1:], size - n, axis=1)], axis=1)
-  return {k: pad(v) for k, v in batch.items()}, n
-
-
 def restore_params(config, workdir: str, network, mesh, which: str = ""):
   """Parameters of the ``which`` checkpoint in ``workdir`` (``""``: ``config.eval.checkpoint``,
   ``"best"`` by default); ``latest`` when there is no ``best`` one."""
@@ -133,7 +123,7 @@ def restore_params(config, workdir: str, network, mesh, which: str = ""):
   try:
     source = which if getattr(ckpts, which).latest_step() is not None else "latest"
     if getattr(ckpts, source).latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: "
+      raise FileNotFoundError(f"no checkpoint in {workdir_path(workdir) / 'checkpoints'}: "
                               "train first (--mode=train)")
     check_compatible(ckpts.restore_meta(source), config, workdir)
     tx = make_optimizer(config.train.learning_rate)
@@ -145,11 +135,10 @@ def restore_params(config, workdir: str, network, mesh, which: str = ""):
 
 
 def _check_eval_data(config, mesh, dataset: str, T: int, batch_size: int):
-  """Builds ``dataset`` if needed and checks it against the model, ``T`` and the devices;
-  returns its ``data.dataset_info``."""
-  if batch_size % mesh.size:
-    raise ValueError(f"eval batch size {batch_size} must be a multiple of the number of "
-                     f"devices ({mesh.size})")
+  """Builds ``dataset`` if needed and checks it against the model and ``T``; returns its
+  ``data.dataset_info``. Any batch size runs on any number of devices (batches are padded)."""
+  if batch_size < 1:
+    raise ValueError(f"eval batch size must be >= 1, got {batch_size}")
   data_dir = config.data_dir or None
   data.ensure_built(dataset, data_dir)
   info = data.dataset_info(dataset, data_dir)
@@ -165,30 +154,36 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
                 simulate_gamma: bool = True, metrics_fn=None) -> tuple[dict, int]:
   """Mean per-step curves over a whole split (every sequence exactly once).
 
+  Sequence i of the split draws its noise and gamma0 from ``fold_in(key(seed), i)``
+  (``em.sequence_keys``): the metrics do not depend on the batch size or the
+  number of devices or processes. Batches are padded to a multiple of the
+  devices; every process reads every sequence.
+
   ``metrics_fn`` (default :func:`step_metrics`) computes the ``{name: [T, B]}`` curves of one
-  batch; it is called with ``step_metrics``'s arguments.
+  batch; it is called with ``step_metrics``'s arguments (``key``: per-sequence keys ``[B]``).
   """
   metrics_fn = metrics_fn or step_metrics
   info = _check_eval_data(config, mesh, dataset, T, batch_size)
   data_dir = config.data_dir or None
+  key = jax.random.key(seed)
   # Replicated outputs: every process can read every sequence's metrics (multi-host).
-  fn = jax.jit(lambda p, b, k: metrics_fn(
-      network, p, b, k, K=K, num_real_steps=num_real_steps, num_groups=max(info.max_balls, 1),
+  fn = jax.jit(lambda p, b, first: metrics_fn(
+      network, p, b, em.sequence_keys(key, first, b["features"].shape[1]), K=K,
+      num_real_steps=num_real_steps, num_groups=max(info.max_balls, 1),
       simulate_input=simulate_input, simulate_gamma=simulate_gamma, **em_options(config)),
       out_shardings=NamedSharding(mesh, P()))
   sums, count = None, 0
-  key = jax.random.key(seed)
   batches = data.iterate_batches(dataset, split, batch_size, seed=seed, num_frames=T + 1,
                                  shuffle=False, num_epochs=1, drop_remainder=False,
                                  shard_index=0, shard_count=1, data_dir=data_dir)
-  for i, batch in enumerate(batches):
+  for batch in batches:
     if max_sequences and count >= max_sequences:
       break
-    keep = batch_size if not max_sequences else min(batch_size, max_sequences - count)
-    batch, n = _pad(batch, batch_size)
-    n = min(n, keep)
-    out = fn(params, shard_batch(batch, mesh, same_on_every_process=True),
-             jax.random.fold_in(key, i))
+    n = batch["features"].shape[1]
+    if max_sequences:
+      n = min(n, max_sequences - count)
+    batch, _ = pad_batch({k: v[:, :n] for k, v in batch.items()}, mesh.size)
+    out = fn(params, shard_batch(batch, mesh, same_on_every_process=True), jnp.int32(count))
     out = {k: np.asarray(v)[:, :n].astype(np.float64).sum(axis=1) for k, v in out.items()}
     sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
     count += n
@@ -197,11 +192,13 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
   return {k: v / count for k, v in sums.items()}, count
 
 
-def _write_json(path: str, record: dict) -> None:
-  """Writes ``record`` (from process 0 only; every process computed the same numbers)."""
+def _write_json(path, record: dict) -> None:
+  """Writes ``record`` to ``path`` (an ``epath.Path``, local or ``gs://``), atomically where the
+  filesystem renames (process 0 only; every process computed the same numbers)."""
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(record, f, indent=2)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
     log.info("wrote %s", path)
 
 
@@ -234,7 +231,7 @@ def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str 
   if not output:
     same = dataset == config.dataset and K == config.em.K
     output = "metrics.json" if same else f"metrics_{dataset.split('/')[-1]}_K{K}.json"
-  _write_json(os.path.join(workdir, output), record)
+  _write_json(workdir_path(workdir) / output, record)
   return record
 
 
@@ -271,7 +268,7 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
   if "relational_bce" in curves:
     record["relational_bce_per_step"] = [float(x) for x in curves["relational_bce"]]
   if output:
-    _write_json(os.path.join(workdir, output), record)
+    _write_json(workdir_path(workdir) / output, record)
   return record
 
 
@@ -301,7 +298,7 @@ def rollout_ablation(config, workdir: str, output: str = "rollout_ablation.json"
                                   "num_sim_steps", "num_sequences", "baseline_bce_per_step",
                                   "held_bce_per_step", "blank_bce_per_step")}
   record["bce_per_step"] = {name: r["bce_per_step"] for name, r in records.items()}
-  _write_json(os.path.join(workdir, output), record)
+  _write_json(workdir_path(workdir) / output, record)
   return record
 
 
@@ -376,16 +373,16 @@ def occlusion(config, workdir: str, *, dataset: str = "", output: str = "occlusi
   n = len(source) if not config.eval.max_sequences else min(len(source),
                                                               config.eval.max_sequences)
   params, step = restore_params(config, workdir, network, mesh)
-  fn = jax.jit(lambda p, b, k: occlusion_step_sums(
-      network, p, b, k, K=config.em.K, **em_options(config)), out_shardings=NamedSharding(mesh, P()))
   key = jax.random.key(config.eval.seed)
+  fn = jax.jit(lambda p, b, first: occlusion_step_sums(
+      network, p, b, em.sequence_keys(key, first, b["features"].shape[1]), K=config.em.K,
+      **em_options(config)), out_shardings=NamedSharding(mesh, P()))
   sums = None
-  for i, start in enumerate(range(0, n, bs)):
+  for start in range(0, n, bs):
     batch = occlusion_batch([source[j] for j in range(start, min(start + bs, n))], T + 1,
                             info.image_size[0])
-    batch, m = _pad(batch, bs)
-    out = fn(params, shard_batch(batch, mesh, same_on_every_process=True),
-             jax.random.fold_in(key, i))
+    batch, m = pad_batch(batch, mesh.size)
+    out = fn(params, shard_batch(batch, mesh, same_on_every_process=True), jnp.int32(start))
     out = {k: float(np.asarray(v)[:m].astype(np.float64).sum()) for k, v in out.items()}
     sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
   per_pixel = lambda num, den: sums[num] / sums[den] if sums[den] > 0 else float("nan")
@@ -402,5 +399,5 @@ def occlusion(config, workdir: str, *, dataset: str = "", output: str = "occlusi
       "reappearing_frames": int(sums["reappearing_frames"]),
   }
   if output:
-    _write_json(os.path.join(workdir, output), record)
+    _write_json(workdir_path(workdir) / output, record)
   return record

@@ -18,7 +18,9 @@ buffer (``results/perf/kept_heap_warmup.py``). Measured: 0-8 of 30 calls of a 98
 mostly the first few; 0-1 of 40 training steps with the 1.1 GB buffer of B16 K5 T10.
 
 It must run before the first JAX computation: threads that have already allocated keep their
-own arenas. The command-line entry points call it first; a notebook can call it in its first
+own arenas. It only helps XLA:CPU: once the backend is known, ``for_backend`` undoes it on GPU
+and TPU hosts, whose device buffers are not host memory. The command-line entry points call
+both; a notebook can call it in its first
 cell. ``RNEM_HOST_ALLOCATOR=system`` in the environment leaves the allocator as it is. On other
 C libraries (macOS, musl), and where mallopt refuses, nothing changes and it returns False.
 The same settings work for any program when set in the environment before it starts::
@@ -84,6 +86,33 @@ def reuse_freed_memory(mode: Optional[str] = None) -> bool:
     return False
   _state["mode"] = "reuse"
   return True
+
+
+# glibc's defaults for the parameters that keep memory (M_ARENA_MAX only shares arenas).
+_DEFAULTS = ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024))
+
+
+def restore_defaults() -> bool:
+  """Undoes ``reuse_freed_memory``'s keeping of freed memory (large chunks mmap'ed and trimmed
+  again, free pages returned now). For backends other than XLA:CPU, whose device buffers do not
+  live in host memory: there the tuning would only keep the host's peak. Returns True if
+  glibc's defaults are in effect afterwards."""
+  if _state["mode"] != "reuse":
+    return _state["mode"] is None or _state["mode"] == "system"
+  libc = _glibc()
+  if libc is None or not all(libc.mallopt(p, v) == 1 for p, v in _DEFAULTS):
+    return False
+  libc.malloc_trim(0)
+  _state["mode"] = None
+  return True
+
+
+def for_backend(backend: str) -> bool:
+  """Keeps the tuning only where it helps: on the ``"cpu"`` backend. Returns whether it is in
+  effect. Call once the backend is known (``jax.default_backend()``)."""
+  if backend != "cpu":
+    restore_defaults()
+  return in_effect()
 
 
 def in_effect() -> bool:

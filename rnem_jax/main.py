@@ -13,6 +13,8 @@ a curtain dataset; ``all`` includes it for curtain configs).
 """
 
 import logging as py_logging
+import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,8 +27,14 @@ flags.DEFINE_enum("mode", "all",
                   "rnem_jax.evaluate.rollout_ablation; occlusion = object permanence, see "
                   "rnem_jax.evaluate.occlusion).")
 flags.DEFINE_bool("distributed", False,
-                  "Multi-host run: call jax.distributed.initialize() first (SLURM, TPU pods; "
-                  "see launch/README.md).")
+                  "Multi-process run: call jax.distributed.initialize() first. On SLURM and "
+                  "Cloud TPU it finds its peers itself (see launch/README.md); elsewhere give "
+                  "--coordinator_address, --num_processes and --process_id.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0's coordinator (with --distributed, outside "
+                    "SLURM/TPU).")
+flags.DEFINE_integer("num_processes", None, "Processes of the job (with --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
 config_flags.DEFINE_config_file(
     "config", "configs/balls.py:small", "Experiment config file (see configs/).", lock_config=True)
 FLAGS = flags.FLAGS
@@ -35,24 +43,39 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rnem_jax import host_memory
+  from rnem_jax import data, host_memory
 
   # Before the first computation: XLA:CPU's per-call buffers are then reused, not page-faulted
-  # in again every step (RNEM_HOST_ALLOCATOR=system leaves glibc's defaults).
-  kept = host_memory.reuse_freed_memory()
+  # in again every step (RNEM_HOST_ALLOCATOR=system leaves glibc's defaults); undone below on
+  # GPU/TPU backends.
+  host_memory.reuse_freed_memory()
+  # Our progress at INFO; the libraries' (JAX, orbax, TFDS) chatter only from WARNING up.
+  logging.set_verbosity(logging.WARNING)
+  py_logging.getLogger("rnem_jax").setLevel(py_logging.INFO)
   import jax
 
   if FLAGS.distributed:
-    jax.distributed.initialize()
-  from rnem_jax import evaluate, train, visualize
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  host_memory.for_backend(jax.default_backend())
+  try:
+    run()
+  except (ValueError, FileNotFoundError, data.DatasetError) as e:
+    # A user's mistake (config, paths, data): one line, no traceback (RNEM_TRACEBACK=1 shows it).
+    if os.environ.get("RNEM_TRACEBACK"):
+      raise
+    sys.exit(f"error: {e}")
 
-  # Our progress at INFO; the libraries' (orbax, TFDS) chatter only from WARNING up.
-  logging.set_verbosity(logging.WARNING)
-  py_logging.getLogger("rnem_jax").setLevel(py_logging.INFO)
+
+def run():
+  import jax
+
+  from rnem_jax import evaluate, host_memory, train, visualize
+
   config = FLAGS.config
   log = py_logging.getLogger("rnem_jax.main")
-  log.info("JAX %s on %d process(es), devices: %s; freed host memory %s", jax.__version__,
-           jax.process_count(), jax.devices(), "kept" if kept else "returned (system allocator)")
+  log.info("JAX %s on %d process(es), %d %s device(s); freed host memory %s", jax.__version__,
+           jax.process_count(), jax.device_count(), jax.default_backend(),
+           "kept" if host_memory.in_effect() else "returned (system allocator)")
   if FLAGS.mode in ("train", "all"):
     summary = train.train_and_evaluate(config, FLAGS.workdir)
     log.info("training: %s", summary)

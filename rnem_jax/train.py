@@ -36,12 +36,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
+from etils import epath
 from flax.training.early_stopping import EarlyStopping
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tensorboardX import SummaryWriter
 
 from rnem_jax import data, em
+from rnem_jax.layers import resolve_conv_impl
 from rnem_jax.model import build_network, init_params
 
 log = logging.getLogger(__name__)
@@ -69,36 +71,63 @@ def create_train_state(params, tx) -> TrainState:
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *, network, tx, K: int,
-               noise_prob: float, unroll=True, remat: bool = False, **loss_kwargs):
+               noise_prob: float, unroll=True, remat: bool = False, axis_name=None,
+               **loss_kwargs):
   """One Adam step on one batch.
 
   Args:
     state: the current ``TrainState``.
-    batch: ``features [T+1, B, H, W, C]`` (and ``actions [T+1, B]`` for Atari).
-    key: PRNG key for this step's noise and gamma0.
+    batch: ``features [T+1, B, H, W, C]`` (and ``actions [T+1, B]`` for Atari):
+      this device's shard when ``axis_name`` is given.
+    key: PRNG key of this step; sequence b of the (global) batch draws its noise
+      and gamma0 from ``fold_in(key, b)`` (``em.sequence_keys``), so the step
+      does not depend on how the batch is split over devices.
+    axis_name: inside ``shard_map`` over a mesh axis of this name, each device
+      differentiates its shard over the whole EM scan and the gradients (and
+      metrics) are averaged across devices once, after the scan.
 
   Returns:
     (new_state, metrics) with ``loss`` (mean over steps), ``loss_last``,
     ``intra``/``inter`` (means over steps) and ``grad_norm``.
   """
+  B = batch["features"].shape[1]
+  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * B
+  keys = em.sequence_keys(key, first, B)
+
   def loss_fn(params):
-    return em.training_loss(network, params, batch["features"], key, K=K,
+    return em.training_loss(network, params, batch["features"], keys, K=K,
                             actions=batch.get("actions"), noise_prob=noise_prob,
                             unroll=unroll, remat=remat, **loss_kwargs)
 
   (loss, r), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics = dict(loss=loss, loss_last=r.loss[-1], intra=jnp.mean(r.intra),
+                 inter=jnp.mean(r.inter))
+  if axis_name is not None:
+    # Equal shards: the mean of the shards' means is the batch mean (one all-reduce per step).
+    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(loss=loss, loss_last=r.loss[-1], intra=jnp.mean(r.intra),
-                 inter=jnp.mean(r.inter), grad_norm=optax.tree.norm(grads))
+  metrics["grad_norm"] = optax.tree.norm(grads)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def make_train_step(network, tx, *, K: int, noise_prob: float, unroll=True, remat=False,
-                    donate: bool = True, **loss_kwargs):
-  """``train_step`` with the static arguments bound, jitted (state buffers donated)."""
+                    donate: bool = True, mesh: Optional[Mesh] = None, **loss_kwargs):
+  """``train_step`` with the static arguments bound, jitted (state buffers donated).
+
+  With a ``mesh`` (1-D, axis ``'data'``): data parallel with pmap semantics
+  (``jax.shard_map``): params and optimizer state replicated, the batch split
+  on B, one gradient mean across all devices and processes per step. Without:
+  a single-device step.
+  """
   fn = functools.partial(train_step, network=network, tx=tx, K=K, noise_prob=noise_prob,
                          unroll=unroll, remat=remat, **loss_kwargs)
+  if mesh is not None:
+    # check_vma off: the EM scan's zero initial carry is the same on every device while its
+    # later values are not, which the checker refuses; the outputs are pmean'ed, hence equal.
+    fn = jax.shard_map(functools.partial(fn, axis_name="data"), mesh=mesh,
+                       in_specs=(P(), P(None, "data"), P()), out_specs=(P(), P()),
+                       check_vma=False)
   return jax.jit(fn, donate_argnums=(0,) if donate else ())
 
 
@@ -145,10 +174,19 @@ class Checkpoints:
   """
 
   def __init__(self, workdir: str):
-    root = os.path.join(os.path.abspath(workdir), "checkpoints")
-    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=opts)
-    self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=opts)
+    root = workdir_path(workdir) / "checkpoints"
+
+    def manager(which):
+      # Each manager names its own multi-process barriers: "best" and "latest" often save the
+      # same step, and barriers named after the step alone would collide.
+      opts = ocp.CheckpointManagerOptions(
+          max_to_keep=1, create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=which))
+      return ocp.CheckpointManager(root / which, options=opts)
+
+    self.latest = manager("latest")
+    self.best = manager("best")
 
   def save(self, which: str, step: int, state: TrainState, meta: dict) -> None:
     mngr = getattr(self, which)
@@ -182,9 +220,20 @@ class Checkpoints:
     self.best.close()
 
 
+def workdir_path(workdir: str) -> epath.Path:
+  """A run directory as an ``epath.Path``: a local path (made absolute) or ``gs://...``."""
+  path = epath.Path(workdir)
+  return path if "://" in str(workdir) else epath.Path(os.path.abspath(os.path.expanduser(workdir)))
+
+
+# Model fields that change how the parameters are computed with, not the parameters.
+_COMPUTE_ONLY_FIELDS = ("conv_impl",)
+
+
 def model_signature(config) -> dict:
   """What a checkpoint's parameters depend on (K does not: it is not here)."""
-  return json.loads(config.model.to_json())
+  model = json.loads(config.model.to_json())
+  return {k: v for k, v in model.items() if k not in _COMPUTE_ONLY_FIELDS}
 
 
 def check_compatible(meta: Optional[dict], config, workdir: str) -> None:
@@ -192,6 +241,8 @@ def check_compatible(meta: Optional[dict], config, workdir: str) -> None:
   if meta is None:
     return
   saved, wanted = meta.get("model"), model_signature(config)
+  saved = None if saved is None else {k: v for k, v in saved.items()
+                                      if k not in _COMPUTE_ONLY_FIELDS}
   if saved != wanted:
     diff = sorted(k for k in set(saved or {}) | set(wanted)
                   if (saved or {}).get(k) != wanted.get(k))
@@ -206,24 +257,32 @@ def check_compatible(meta: Optional[dict], config, workdir: str) -> None:
 # The training loop.
 
 
-def validate_config(config, num_devices: int) -> None:
-  """Clear errors for configs that cannot run (before anything is written)."""
+def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
+  """Clear errors for configs that cannot run on ``num_devices`` devices in ``num_processes``
+  processes (before anything is written)."""
   if config.em.K < 1:
     raise ValueError(f"em.K must be >= 1, got {config.em.K}")
   if config.em.T < 1:
     raise ValueError(f"em.T must be >= 1, got {config.em.T}")
-  for name in ("batch_size", "valid_batch_size"):
-    b = config.train[name]
-    if b < 1 or b % num_devices:
-      raise ValueError(f"train.{name}={b} must be a positive multiple of the number of "
-                       f"devices ({num_devices})")
-  per_device = config.train.batch_size // num_devices
+  if num_processes < 1 or num_devices % num_processes:
+    raise ValueError(f"{num_devices} devices cannot be split evenly over {num_processes} "
+                     "processes")
+  b = config.train.batch_size
+  if b < 1 or b % num_devices:
+    raise ValueError(f"train.batch_size={b} must be a positive multiple of the number of "
+                     f"devices ({num_devices}): set --config.train.batch_size to a multiple of "
+                     f"{num_devices} or run on fewer devices")
+  per_device = b // num_devices
   if config.train.batch_splits < 1 or per_device % config.train.batch_splits:
     raise ValueError(f"train.batch_splits={config.train.batch_splits} must divide each device's "
                      f"batch ({per_device} sequences)")
-  if config.train.valid_size % config.train.valid_batch_size:
-    raise ValueError(f"train.valid_size={config.train.valid_size} must be a multiple of "
-                     f"train.valid_batch_size={config.train.valid_batch_size}")
+  for name in ("train.valid_size", "train.valid_batch_size", "train.log_every",
+               "train.checkpoint_every", "eval.batch_size", "rollout.batch_size"):
+    section, field = name.split(".")
+    if config[section][field] < 1:
+      raise ValueError(f"{name} must be >= 1, got {config[section][field]}")
+  if not config.train.learning_rate > 0:
+    raise ValueError(f"train.learning_rate must be > 0, got {config.train.learning_rate}")
   if not 0.0 <= config.em.noise_prob <= 1.0:
     raise ValueError(f"em.noise_prob must be in [0, 1], got {config.em.noise_prob}")
   if config.em.action_tiling not in em.ACTION_TILINGS:
@@ -235,6 +294,34 @@ def validate_config(config, num_devices: int) -> None:
   if config.em.e_step_target not in em.E_STEP_TARGETS:
     raise ValueError(f"em.e_step_target must be one of {em.E_STEP_TARGETS}, got "
                      f"{config.em.e_step_target!r}")
+  resolve_conv_impl(config.model.get("conv_impl", "auto"))
+
+
+# One measured paper-scale step (B=64, K=5, T=30, 64x64 balls, rolled + remat): 22.3 s on a
+# 2-core CPU (README, Performance). CPU cost scales about with B*K*T*pixels / cores.
+_CPU_REFERENCE = dict(seconds=22.3, work=64 * 5 * 30 * 64 * 64, cores=2)
+
+
+def expected_cpu_step_seconds(config) -> float:
+  """Rough seconds per training step of ``config`` on this machine's CPU cores."""
+  work = (config.train.batch_size * config.em.K * config.em.T * config.model.image_size ** 2)
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return (_CPU_REFERENCE["seconds"] * work / _CPU_REFERENCE["work"] *
+          _CPU_REFERENCE["cores"] / max(cores or 1, 1))
+
+
+def warn_if_slow_on_cpu(config, steps_per_epoch: Optional[int] = None) -> None:
+  """On a CPU backend, says what a large config costs here before any data is built."""
+  if jax.default_backend() != "cpu":
+    return
+  seconds = expected_cpu_step_seconds(config)
+  if seconds < 5.0:
+    return
+  epoch = f", ~{seconds * steps_per_epoch / 3600:.0f} h per epoch" if steps_per_epoch else ""
+  log.warning(
+      "%s on a CPU backend: expect ~%.0f s per training step here%s. This scale is a GPU/TPU "
+      "job; on a CPU use a small scale (the config file followed by ':small', e.g. "
+      "--config=configs/balls.py:small). Proceeding.", config.name, seconds, epoch)
 
 
 def check_data_fits_model(info, config) -> None:
@@ -251,8 +338,24 @@ def check_data_fits_model(info, config) -> None:
     raise ValueError(f"the model takes actions but {info.name} has none")
 
 
+def model_keys(info) -> tuple[str, ...]:
+  """The batch fields the model reads (the pipeline decodes no others in training)."""
+  return tuple(k for k in ("features", "actions") if k in info.keys)
+
+
 def _model_inputs(batch: dict) -> dict:
   return {k: batch[k] for k in ("features", "actions") if k in batch}
+
+
+def pad_batch(batch: dict, multiple: int) -> tuple[dict, int]:
+  """Pads the batch axis (1) of ``{k: [T+1, B, ...]}`` to a multiple of ``multiple`` by
+  repeating the last sequence; returns the padded batch and the real B."""
+  n = next(iter(batch.values())).shape[1]
+  size = -(-n // multiple) * multiple
+  if n == size:
+    return batch, n
+  pad = lambda v: np.concatenate([v, np.repeat(v[:, -1:], size - n, axis=1)], axis=1)
+  return {k: pad(v) for k, v in batch.items()}, n
 
 
 def _data_dir(config) -> Optional[str]:
@@ -262,11 +365,11 @@ def _data_dir(config) -> Optional[str]:
 class _Logger:
   """JSONL + TensorBoard (tensorboardX) writer for scalar metrics (process 0 only)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: epath.Path):
     self.enabled = jax.process_index() == 0
     if self.enabled:
-      self.jsonl = open(os.path.join(workdir, "train_log.jsonl"), "a")
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.jsonl = (workdir / "train_log.jsonl").open("a")
+      self.tb = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, kind: str, scalars: dict) -> None:
     if not self.enabled:
@@ -292,30 +395,50 @@ def em_options(config) -> dict:
               action_tiling=config.em.action_tiling)
 
 
-def make_loss_fn(network, config, K: int):
-  """Jitted (params, batch, key) -> mean EM loss (forward only; validation)."""
-  def fn(params, batch, key):
-    loss, _ = em.training_loss(network, params, batch["features"], key, K=K,
-                               actions=batch.get("actions"), **em_options(config))
-    return loss
-  return jax.jit(fn)
+def make_sequence_loss_fn(network, config, K: int, mesh: Mesh):
+  """Jitted ``(params, batch, key, first) -> [B]``: each sequence's mean EM loss (forward only;
+  validation). Sequence b draws its noise and gamma0 from ``fold_in(key, first + b)``; the
+  output is replicated, so every process reads every sequence's loss."""
+  opts = em_options(config)
+
+  def fn(params, batch, key, first):
+    keys = em.sequence_keys(key, first, batch["features"].shape[1])
+    actions = batch.get("actions")
+
+    def one(x, a, k):  # x: [T+1, H, W, C] -> a batch of one sequence
+      loss, _ = em.training_loss(network, params, x[:, None], k[None], K=K,
+                                 actions=None if a is None else a[:, None], **opts)
+      return loss
+
+    return jax.vmap(one, in_axes=(1, None if actions is None else 1, 0))(
+        batch["features"], actions, keys)
+
+  return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
 
 
 def validation_loss(loss_fn, params, config, mesh, key) -> float:
-  """Mean training loss (with noise, fixed key) over the first ``valid_size`` validation sequences."""
-  n_batches = config.train.valid_size // config.train.valid_batch_size
+  """Mean training loss (noise and gamma0 per sequence, from ``key``) over the first
+  ``train.valid_size`` validation sequences: the same fixed subset on every process."""
+  n = config.train.valid_size
+  info = data.dataset_info(config.dataset, _data_dir(config))
   batches = data.iterate_batches(
       config.dataset, "validation", config.train.valid_batch_size, seed=0,
-      num_frames=config.em.T + 1, shuffle=False, num_epochs=1, drop_remainder=True,
-      data_dir=_data_dir(config))
-  losses = []
-  for i, batch in enumerate(itertools.islice(batches, n_batches)):
-    losses.append(float(loss_fn(params, shard_batch(_model_inputs(batch), mesh),
-                                jax.random.fold_in(key, i))))
-  if len(losses) < n_batches:
-    raise ValueError(f"{config.dataset} has fewer than train.valid_size="
-                     f"{config.train.valid_size} validation sequences")
-  return float(np.mean(losses))
+      num_frames=config.em.T + 1, shuffle=False, num_epochs=1, drop_remainder=False,
+      shard_index=0, shard_count=1, keys=model_keys(info), data_dir=_data_dir(config))
+  total, count = 0.0, 0
+  for batch in batches:
+    if count >= n:
+      break
+    take = min(batch["features"].shape[1], n - count)
+    padded, _ = pad_batch({k: v[:, :take] for k, v in batch.items()}, mesh.size)
+    losses = loss_fn(params, shard_batch(padded, mesh, same_on_every_process=True), key,
+                     jnp.int32(count))
+    total += float(np.sum(np.asarray(losses)[:take], dtype=np.float64))
+    count += take
+  if count < n:
+    raise ValueError(f"{config.dataset} has {count} validation sequences, fewer than "
+                     f"train.valid_size={n}")
+  return total / count
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -325,14 +448,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Raises FloatingPointError on a NaN/Inf loss (the last good checkpoint stays).
   """
   mesh = make_mesh()
-  validate_config(config, mesh.size)
+  validate_config(config, mesh.size, jax.process_count())
   network = build_network(config.model)
-  data.ensure_built(config.dataset, _data_dir(config))
   info = data.dataset_info(config.dataset, _data_dir(config))
   check_data_fits_model(info, config)
-  os.makedirs(workdir, exist_ok=True)
+  n_train = info.splits["train"]
+  steps_per_epoch = config.train.steps_per_epoch or max(n_train // config.train.batch_size, 1)
+  max_steps = config.train.max_steps or steps_per_epoch * config.train.max_epochs
+  warn_if_slow_on_cpu(config, steps_per_epoch)
+  data.ensure_built(config.dataset, _data_dir(config))
+  workdir = workdir_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   ckpts = Checkpoints(workdir)
-  check_compatible(ckpts.restore_meta("latest"), config, workdir)
+  check_compatible(ckpts.restore_meta("latest"), config, str(workdir))
 
   tx = make_optimizer(config.train.learning_rate)
   root_key = jax.random.key(config.seed)
@@ -345,19 +473,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     stopper = stopper.replace(**meta["early_stopping"])
     log.info("resumed from step %d in %s", int(state.step), workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
-  n_train = info.splits["train"]
-  steps_per_epoch = config.train.steps_per_epoch or max(n_train // config.train.batch_size, 1)
-  max_steps = config.train.max_steps or steps_per_epoch * config.train.max_epochs
   step = int(state.step)
   K, T = config.em.K, config.em.T
   train_step = make_train_step(network, tx, K=K, unroll=config.train.unroll,
                                remat=config.train.remat,
-                               batch_splits=config.train.batch_splits,
+                               batch_splits=config.train.batch_splits, mesh=mesh,
                                **em_options(config))
-  loss_fn = make_loss_fn(network, config, K)
+  loss_fn = make_sequence_loss_fn(network, config, K, mesh)
   logger = _Logger(workdir)
 
   def meta_now(epoch: int) -> dict:
@@ -366,15 +490,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                "patience_count": int(stopper.patience_count),
                                "should_stop": bool(stopper.should_stop)}}
 
+  # One global order of training sequences; each process reads its slice of every batch.
   batches = data.iterate_batches(
       config.dataset, "train", config.train.batch_size // jax.process_count(),
       seed=config.seed, num_frames=T + 1, shuffle=True, start_batch=step,
-      data_dir=_data_dir(config))
+      keys=model_keys(info), data_dir=_data_dir(config))
   deadline = (time.time() + 60.0 * config.train.max_minutes) if config.train.max_minutes else None
   reason = "max_steps"
   bar = tqdm.tqdm(total=max_steps, initial=step, desc=config.name, dynamic_ncols=True,
                   disable=not sys.stderr.isatty())
-  t_last, step_last = time.time(), step
+  # Metrics stay on the device until read here, every log_every steps and before every save:
+  # no per-step host sync, so the host prepares the next batch while the device computes.
+  pending: list[tuple[int, dict]] = []
+  timer = {"time": time.time(), "step": step}
+
+  def flush() -> None:
+    """Reads the pending steps' metrics; raises on a non-finite loss, logs the last one."""
+    if not pending:
+      return
+    values = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, values):
+      if not math.isfinite(float(m["loss"])):
+        last = ckpts.latest.latest_step()
+        raise FloatingPointError(
+            f"training loss is {float(m['loss'])} at step {s}; stopping. The last good "
+            f"checkpoint (step {last}) is kept in {workdir / 'checkpoints'}.")
+    s, m = pending[-1][0], values[-1]
+    pending.clear()
+    if s % config.train.log_every == 0 or s == max_steps:
+      now = time.time()
+      sps = (s - timer["step"]) / max(now - timer["time"], 1e-9)
+      timer.update(time=now, step=s)
+      scalars = {k: float(v) for k, v in m.items()}
+      scalars["steps_per_s"] = sps
+      logger.write(s, "train", scalars)
+      bar.set_postfix(loss=f"{scalars['loss']:.1f}", steps_per_s=f"{sps:.2f}")
+
   try:
     while step < max_steps:
       if stopper.should_stop:
@@ -384,36 +535,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
         reason = "max_minutes"
         break
       batch = shard_batch(_model_inputs(next(batches)), mesh)
-      new_state, metrics = train_step(state, batch, jax.random.fold_in(step_key, step))
-      loss = float(metrics["loss"])
-      if not math.isfinite(loss):
-        last = ckpts.latest.latest_step()
-        raise FloatingPointError(
-            f"training loss is {loss} at step {step + 1}; stopping. The last good checkpoint "
-            f"(step {last}) is kept in {os.path.join(workdir, 'checkpoints')}.")
-      state, step = new_state, step + 1
+      state, metrics = train_step(state, batch, jax.random.fold_in(step_key, step))
+      step += 1
+      pending.append((step, metrics))
       bar.update(1)
-      if step % config.train.log_every == 0 or step == max_steps:
-        now = time.time()
-        sps = (step - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, step
-        scalars = {k: float(v) for k, v in metrics.items()}
-        scalars["steps_per_s"] = sps
-        logger.write(step, "train", scalars)
-        bar.set_postfix(loss=f"{loss:.1f}", steps_per_s=f"{sps:.2f}")
-      if step % steps_per_epoch == 0:
+      epoch_end = step % steps_per_epoch == 0
+      if (step % config.train.log_every == 0 or step == max_steps or epoch_end
+          or step % config.train.checkpoint_every == 0):
+        flush()
+      if epoch_end:
         epoch = step // steps_per_epoch
         val = validation_loss(loss_fn, state.params, config, mesh, valid_key)
         stopper = stopper.update(val)
         logger.write(step, "valid", {"loss": val, "epoch": epoch,
                                      "best_loss": stopper.best_metric})
         log.info("epoch %d (step %d): validation loss %.3f (best %.3f)", epoch, step, val,
-                     stopper.best_metric)
+                 stopper.best_metric)
         if stopper.has_improved:
           ckpts.save("best", step, state, meta_now(epoch))
         ckpts.save("latest", step, state, meta_now(epoch))
       elif step % config.train.checkpoint_every == 0:
         ckpts.save("latest", step, state, meta_now(step // steps_per_epoch))
+    flush()
     if ckpts.latest.latest_step() != step:
       ckpts.save("latest", step, state, meta_now(step // steps_per_epoch))
     if ckpts.best.latest_step() is None:

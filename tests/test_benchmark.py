@@ -59,7 +59,8 @@ def test_network_flops_are_the_nominal_count():
 
 
 def test_synthetic_train_step_is_the_documented_network_params_and_key():
-  """Its first step's loss is the training loss of init_params(key 0) on its batch, key 2."""
+  """Its first step's loss is the training loss of init_params(key 0) on its batch, with the
+  training loop's per-sequence keys from key 2."""
   from rnem_jax import em
   B, K, T, size = 2, 2, 2, 16
   compiled, state, batch, key = benchmark.synthetic_train_step("rnem", B=B, K=K, T=T,
@@ -67,8 +68,8 @@ def test_synthetic_train_step_is_the_documented_network_params_and_key():
   assert batch["features"].shape == (T + 1, B, size, size, 1)
   network = M.build_network(benchmark.model_config("rnem", size)[0])
   params = M.init_params(network, jax.random.key(0), K)
-  expected = em.training_loss(network, params, batch["features"], jax.random.key(2), K=K,
-                              noise_prob=0.2)[0]
+  expected = em.training_loss(network, params, batch["features"],
+                              em.sequence_keys(jax.random.key(2), 0, B), K=K, noise_prob=0.2)[0]
   state, metrics = compiled(state, batch, key)
   assert int(state.step) == 1
   assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-4)

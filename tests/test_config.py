@@ -87,3 +87,62 @@ def test_cpu_datasets_move_2px_per_frame_with_frequent_collisions(name, n_balls)
   if n_balls == (4, 4):
     # the protocol asks for collisions in ~20% of the steps (1.25 px/frame gives ~16%)
     assert 0.18 <= np.mean(colliding) <= 0.35
+
+
+def _shipped():
+  from rnem_jax.config import MODELS, SCALES
+  for name in ("balls", "curtain", "atari"):
+    for scale in SCALES:
+      for model in MODELS:
+        try:
+          cfg = load_config(name, f"{model},{scale}")
+        except ValueError as e:          # a scale the file does not define, or an Atari-only
+          assert "is not defined" in str(e) or "num_actions" in str(e)
+          continue
+        yield name, model, scale, cfg
+
+
+def test_every_shipped_config_validates_on_1_to_16_devices_and_1_to_4_processes():
+  """The real validation of every config file, model and scale. Each runs wherever its batch
+  splits over the devices; the paper, small and cpu scales on every count up to 16 except the
+  Atari small batch of 8; otherwise one line that names the fix."""
+  from rnem_jax.train import validate_config
+  refused = set()
+  count = 0
+  for name, model, scale, cfg in _shipped():
+    if cfg.em.action_tiling == "reference" and not cfg.model.num_actions:
+      continue
+    for devices in (1, 2, 4, 8, 16):
+      for processes in (1, 2, 4):
+        if devices % processes:
+          continue
+        count += 1
+        if cfg.train.batch_size % devices == 0:
+          validate_config(cfg, devices, processes)
+        else:
+          with pytest.raises(ValueError, match=r"must be a positive multiple of the number of "
+                             r"devices .* or run on fewer devices"):
+            validate_config(cfg, devices, processes)
+          refused.add((name, scale, devices))
+  assert count > 500
+  assert {(n, s) for n, s, _ in refused} <= {("atari", "small"), ("balls", "tiny"),
+                                              ("curtain", "tiny"), ("atari", "tiny")}
+  assert ("atari", "small", 8) not in refused
+
+
+def test_paper_scale_evaluation_needs_no_divisible_batch():
+  """Validation and evaluation pad their batches: 1000 validation sequences in batches of 64 and
+  evaluation batches of 100 run on 8 or 16 devices."""
+  from rnem_jax.train import validate_config
+  cfg = load_config("balls", "rnem")
+  assert (cfg.train.valid_size, cfg.train.valid_batch_size, cfg.eval.batch_size) == (1000, 64, 100)
+  validate_config(cfg, 16, 4)
+  for field in ("train.valid_size", "train.log_every", "train.checkpoint_every",
+                "eval.batch_size"):
+    bad = load_config("balls", "rnem", **{field: 0})
+    with pytest.raises(ValueError, match=f"{field} must be >= 1"):
+      validate_config(bad, 1)
+  with pytest.raises(ValueError, match="learning_rate must be > 0"):
+    validate_config(load_config("balls", "rnem", **{"train.learning_rate": -1e-3}), 1)
+  with pytest.raises(ValueError, match="unknown conv implementation"):
+    validate_config(load_config("balls", "rnem", **{"model.conv_impl": "cudnn"}), 1)

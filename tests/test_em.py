@@ -141,6 +141,28 @@ def test_rollout_outputs_and_simulation():
   np.testing.assert_allclose(neither.psi, r0.psi, rtol=1e-6)
 
 
+@pytest.mark.parametrize("target", ["clean", "noisy"])
+def test_per_sequence_keys_make_each_sequence_independent_of_its_batch(target):
+  """With ``sequence_keys``, a sequence's noise, gamma0 and outputs are the same alone, in
+  another batch or at another position; one key for the batch gives other draws."""
+  net, feats = ToyNetwork(), _toy_features(T=4, B=5)
+  params = {"b": jnp.float32(-0.5), "w": jnp.float32(1.0)}
+  keys = em.sequence_keys(jax.random.key(7), 10, 5)       # sequences 10..14
+  run = lambda x, k: em.rollout(net, params, x, k, K=3, keep_outputs=True, e_step_target=target)
+  whole = run(feats, keys)
+  order = jnp.array([4, 1, 3])
+  part = run(feats[:, order], keys[order])   # the same sequences, another batch and order
+  for name in ("psi", "gamma", "inputs"):
+    np.testing.assert_allclose(getattr(part, name), getattr(whole, name)[:, order], rtol=1e-6,
+                               err_msg=name)
+  np.testing.assert_allclose(part.gamma0, whole.gamma0[order], rtol=1e-6)
+  np.testing.assert_allclose(whole.gamma0.sum(axis=1), 1.0, rtol=1e-6)
+  single = run(feats, jax.random.key(7))
+  assert not np.allclose(single.inputs, whole.inputs)
+  with pytest.raises(ValueError, match="3 per-sequence keys for a batch of 5"):
+    run(feats, keys[:3])
+
+
 def test_noisy_e_step_target_uses_the_next_input_frame():
   """e_step_target='noisy': gamma_t is the E-step on exactly the noisy frame fed at step t+1."""
   net, feats = ToyNetwork(), _toy_features(T=6)

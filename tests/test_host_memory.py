@@ -96,3 +96,17 @@ def test_system_mode_changes_nothing():
       capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.split() == ["False", "False"]
+
+
+def test_tuning_is_kept_on_cpu_only():
+  """for_backend keeps the tuning on the CPU backend and gives glibc's defaults back elsewhere."""
+  import subprocess
+  import sys
+  script = (
+      "from rnem_jax import host_memory as h\n"
+      "assert h.reuse_freed_memory('reuse') and h.for_backend('cpu') and h.in_effect()\n"
+      "assert not h.for_backend('gpu') and not h.in_effect()\n"
+      "assert h.reuse_freed_memory('reuse') and not h.for_backend('tpu')\n"
+      "print('OK')\n")
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0 and "OK" in r.stdout, r.stderr
