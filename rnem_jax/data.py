@@ -17,6 +17,13 @@ Names are ``"<dataset>/<config>"``; configs are listed by ``info`` and in each
 ``datasets/<name>/README.md``. The data directory is ``--data_dir``, else
 ``$RNEM_DATA_DIR``, else ``~/tensorflow_datasets``.
 
+Faults: Ctrl-C or SIGTERM stops a build at once (workers terminated, TFDS's temporary
+folder removed; the command prints one line and exits 130 / 143), and generation workers die
+with their parent even if it is SIGKILLed. Temporary folders that a killed build left behind
+are removed by the next build of that config (under its build lock). An unwritable or full
+data directory, and a damaged ``array_record`` file met while reading, raise
+:class:`DatasetError` naming the directory or file and the fix.
+
 Batches are time-major, as the EM rollout scans over time:
   features    float32 [T+1, B, H, W, 1] in {0, 1}
   groups      int32   [T+1, B, H, W, 1] (balls datasets only; 0 = background/overlap/occluded)
@@ -43,19 +50,26 @@ Decoding 16 sequences of 64×64×51 (balls678mass64_small, one thread): every st
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import importlib
 import logging
 import os
+import re
 import shlex
+import shutil
+import signal
 import sys
 import time
 import types
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from google.protobuf import message as protobuf_message
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -71,7 +85,47 @@ _PACKAGE = "rnem_jax_datasets"
 
 
 class DatasetError(RuntimeError):
-  """A dataset is missing, incomplete or corrupt. The message says what to do."""
+  """A dataset is missing, incomplete, corrupt or cannot be built. The message says what to do."""
+
+
+class BuildInterrupted(KeyboardInterrupt):
+  """A build stopped by SIGINT or SIGTERM (``python -m rnem_jax.data build``)."""
+
+  def __init__(self, signum: int):
+    self.signum = signum
+    super().__init__(signal.Signals(signum).name)
+
+
+# Why writing to the data directory failed, by errno (the rest are not the directory's fault).
+_WRITE_ERRORS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "not a directory",
+    errno.EEXIST: "not a directory",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+_FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded")  # C++ writers' messages
+
+
+def _write_error(e: BaseException, data_dir: str) -> Optional[DatasetError]:
+  """The DatasetError for ``e`` if it says that ``data_dir`` cannot be written, else None."""
+  reason = _WRITE_ERRORS.get(e.errno) if isinstance(e, OSError) else None
+  if reason is None:
+    reason = next((t.lower() for t in _FULL_DISK_TEXTS if t in str(e)), None)
+  if reason is None:
+    return None
+  where = "set --config.data_dir (python -m rnem_jax.data: --data_dir) or $RNEM_DATA_DIR to"
+  if reason in ("no space left on device", "disk quota exceeded"):
+    return DatasetError(f"{reason} in {data_dir} while building: free space there, or {where} "
+                        "a directory with room")
+  if reason == "not a directory":
+    path = Path(data_dir)
+    blocker = next((q for q in (path, *path.parents) if q.exists() and not q.is_dir()), None)
+    reason = f"{blocker} is a file, not a directory" if blocker else reason
+  return DatasetError(f"cannot write datasets to {data_dir} ({reason}): {where} a writable "
+                      "directory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +225,32 @@ def _check_complete(builder, name: str) -> None:
                          f"{e}). {advice}") from e
 
 
+# TFDS (4.9.x, file_utils.incomplete_dir) generates a dataset into
+# <data_dir>/<dataset>/<config>/incomplete.<6 of A-Z0-9>_<version>/ and renames it to the version
+# folder when complete; a killed build leaves it behind.
+_TEMP_DIR_RE = r"incomplete\.[A-Z0-9]{{6}}_{version}"
+
+
+def _stale_build_dirs(builder) -> list[Path]:
+  """The temporary folders of builds of ``builder``'s config and version (none if none ran)."""
+  path = Path(str(builder.data_path))
+  pattern = re.compile(_TEMP_DIR_RE.format(version=re.escape(path.name)))
+  if not path.parent.is_dir():
+    return []
+  return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir())
+
+
+def _remove_stale_build_dirs(builder, name: str) -> None:
+  """Removes what killed builds of this config left. Only while holding ``_build_lock``:
+  then no build of this config runs, so every temporary folder of it is stale."""
+  stale = _stale_build_dirs(builder)
+  for p in stale:
+    shutil.rmtree(p)
+  if stale:
+    logger.warning("Removed %d temporary folder(s) left by an interrupted build of %s: %s",
+                   len(stale), name, ", ".join(map(str, stale)))
+
+
 @contextlib.contextmanager
 def _build_lock(data_dir: str, name: str):
   """Serialises builds of one config (e.g. several processes of a multi-host job)."""
@@ -205,13 +285,30 @@ def build(name: str,
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
   if num_workers is not None and num_workers < 0:
     raise ValueError(f"num_workers must be >= 1 (or 0/None for the default), got {num_workers}")
-  if not num_workers and beam_runner is None:
-    from rnem_jax.sim import builder_utils
+  from rnem_jax.sim import builder_utils
 
+  if not num_workers and beam_runner is None:
     num_workers = builder_utils.default_num_workers()  # a bad $RNEM_BUILD_WORKERS fails here
-  with _build_lock(data_dir, name):
+  try:
     builder = get_builder(name, data_dir, num_workers, beam=beam_runner is not None)
-    if Path(str(builder.data_path)).exists():
+    if Path(str(builder.data_path)).exists():  # complete once there (TFDS renames it last)
+      _check_complete(builder, name)  # no lock: a read-only data_dir of built datasets works
+      return
+    _build_locked(builder, name, data_dir, num_workers, beam_runner, beam_options)
+  except BaseException as e:
+    builder_utils.stop_workers()  # Ctrl-C, SIGTERM, a full disk: no worker outlives the build
+    error = None if isinstance(e, DatasetError) else _write_error(e, data_dir)
+    if error is None:
+      raise
+    raise error from e
+
+
+def _build_locked(builder, name: str, data_dir: str, num_workers: Optional[int],
+                  beam_runner: Optional[str], beam_options: str) -> None:
+  """The body of :func:`build` once the dataset was found missing."""
+  with _build_lock(data_dir, name):
+    _remove_stale_build_dirs(builder, name)
+    if Path(str(builder.data_path)).exists():  # another process built it while we waited
       _check_complete(builder, name)
       return
     sizes = dict(builder.builder_config.split_sizes)
@@ -251,8 +348,10 @@ def load_source(name: str, split: str, data_dir: Optional[str] = None):
 
     Each example holds the stored fields with their stored shapes (see
     ``rnem_jax.sim.balls`` / ``rnem_jax.sim.atari``), e.g. ``features`` uint8 [T+1, H, W, 1].
+    A record that cannot be read (a damaged file) raises DatasetError naming the file.
     """
-  return _open_source(name, split, data_dir)[0]
+  source, builder = _open_source(name, split, data_dir)
+  return _CheckedSource(source, _Shards(builder, name, split))
 
 
 def _open_source(name: str, split: str, data_dir: Optional[str], **kwargs):
@@ -287,6 +386,70 @@ def dataset_info(name: str, data_dir: Optional[str] = None) -> DatasetSummary:
                         max_balls, 0, _VIDEO_KEYS)
 
 
+class _Shards:
+  """Names the file of a record of a split, for the error of a record that cannot be read."""
+
+  def __init__(self, builder, name: str, split: str):
+    info = builder.info.splits[split]
+    self.name, self.split, self.path = name, split, Path(str(builder.data_path))
+    self.files = [str(f) for f in info.filepaths]
+    lengths = [int(n) for n in info.shard_lengths]
+    self.ends = list(np.cumsum(lengths)) if len(lengths) == len(self.files) else []
+
+  def error(self, index: Any, e: Exception) -> DatasetError:
+    where = ", ".join(self.files)  # every file of the split unless the record's is known
+    if isinstance(index, (int, np.integer)) and self.ends and 0 <= index < self.ends[-1]:
+      where = self.files[bisect.bisect_right(self.ends, int(index))]
+    cause = " ".join(f"{type(e).__name__}: {e}".split())
+    return DatasetError(f"{self.name}:{self.split} record {index} cannot be read from {where} "
+                        f"({cause}): the file is damaged; delete {self.path} and build again "
+                        f"(python -m rnem_jax.data build {self.name} "
+                        f"--data_dir={self.path.parents[2]})")
+
+
+# What reading or decoding a damaged record raises (array_record/Riegeli: RuntimeError; the
+# tf.train.Example parser: protobuf's DecodeError; a zlib-encoded field: zlib.error).
+_READ_ERRORS = (RuntimeError, OSError, ValueError, zlib.error, protobuf_message.DecodeError)
+
+
+class _CheckedSource:
+  """A ``tfds.data_source`` whose unreadable records raise DatasetError naming their file."""
+
+  def __init__(self, source, shards: _Shards):
+    self._source, self._shards = source, shards
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    try:
+      return self._source[index]
+    except (IndexError, DatasetError):
+      raise
+    except _READ_ERRORS as e:
+      raise self._shards.error(index, e) from e
+
+  def __getitems__(self, indices):
+    try:
+      return self._source.__getitems__(indices)
+    except (IndexError, DatasetError):
+      raise
+    except _READ_ERRORS as e:
+      raise self._shards.error(list(indices), e) from e
+
+  def __iter__(self):
+    for i in range(len(self)):
+      yield self[i]
+
+  def __getattr__(self, name: str):  # dataset_info, split, ... of the TFDS source
+    if name.startswith("_"):  # e.g. while unpickling, before _source is set
+      raise AttributeError(name)
+    return getattr(self._source, name)
+
+  def __repr__(self) -> str:
+    return repr(self._source)
+
+
 class _FieldsSource:
   """Random-access examples of a split with only some fields parsed and decoded.
 
@@ -296,15 +459,24 @@ class _FieldsSource:
   would skip only the decompression, not the conversion of every field).
   """
 
-  def __init__(self, raw, features: tfds.features.FeaturesDict, keys: tuple[str, ...]):
+  def __init__(self, raw, features: tfds.features.FeaturesDict, keys: tuple[str, ...],
+               shards: _Shards):
     self._raw = raw  # as_data_source(deserialize_method=RAW_BYTES)
     self._features = tfds.features.FeaturesDict({k: features[k] for k in keys})
+    self._shards = shards
 
   def __len__(self) -> int:
     return len(self._raw)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return self._features.deserialize_example_np(self._raw[index])
+    # A DatasetError raised here reaches the caller of iterate_batches as it is: grain re-raises
+    # a decoding thread's exception in the consuming thread.
+    try:
+      return self._features.deserialize_example_np(self._raw[index])
+    except (IndexError, DatasetError):
+      raise
+    except _READ_ERRORS as e:
+      raise self._shards.error(index, e) from e
 
 
 def _crop(example: dict[str, np.ndarray], keys: tuple[str, ...],
@@ -404,7 +576,7 @@ def iterate_batches(name: str,
                               split,
                               data_dir,
                               deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-  source = _FieldsSource(raw, builder.info.features, keys)
+  source = _FieldsSource(raw, builder.info.features, keys, _Shards(builder, name, split))
   global_batch = batch_size * shard_count
   if len(source) == 0 or (drop_remainder and num_epochs is not None and
                           len(source) * num_epochs < global_batch):
@@ -463,14 +635,54 @@ def main(argv: Optional[list[str]] = None) -> None:
   info_cmd.add_argument("--data_dir", default=None)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  handlers = _stop_on_signals() if args.command == "build" else {}
   try:
     if args.command == "build":
       build(args.name, args.data_dir, args.num_workers, args.beam_runner, args.beam_options)
       print(f"{args.name} is ready in {get_builder(args.name, args.data_dir).data_path}")
     else:
       print(dataset_info(args.name, args.data_dir))
+  except KeyboardInterrupt as e:  # BuildInterrupted (SIGINT/SIGTERM) or a plain Ctrl-C
+    if args.command != "build":
+      raise
+    signum = e.signum if isinstance(e, BuildInterrupted) else signal.SIGINT
+    print(_interrupted_message(args.name, args.data_dir, signum), file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
   except (ValueError, DatasetError) as e:
     sys.exit(f"error: {e}")
+  finally:
+    for signum, handler in handlers.items():
+      signal.signal(signum, handler)
+
+
+def _stop_on_signals() -> dict:
+  """Makes SIGINT and SIGTERM raise BuildInterrupted (a second one exits at once).
+
+  Returns the previous handlers. Outside the main thread (no handlers there) nothing changes.
+  """
+
+  def exit_now(signum, frame):
+    del frame
+    os._exit(128 + signum)  # workers die with this process (builder_utils)
+
+  def interrupt(signum, frame):
+    del frame
+    for s in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(s, exit_now)  # a second signal during the clean-up ends the process
+    raise BuildInterrupted(signum)
+
+  try:
+    return {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+  except ValueError:  # not the main thread
+    return {}
+
+
+def _interrupted_message(name: str, data_dir: Optional[str], signum: int) -> str:
+  what = f"interrupted ({signal.Signals(signum).name}): build of {name} stopped"
+  with contextlib.suppress(Exception):
+    if Path(str(get_builder(name, data_dir).data_path)).exists():
+      return f"{what} after it was written; the same command checks it"
+  return f"{what}; nothing was kept, the same command starts it again"
 
 
 if __name__ == "__main__":

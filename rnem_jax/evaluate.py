@@ -31,11 +31,12 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rnem_jax import data, em, metrics
+from rnem_jax import data, em, metrics, objects
+from rnem_jax.checkpoints import CheckpointError, Checkpoints, workdir_path
 from rnem_jax.model import build_network, init_params
-from rnem_jax.train import (Checkpoints, check_compatible, check_data_fits_model,
+from rnem_jax.train import (check_compatible, check_data_fits_model,
                             create_train_state, em_options, make_mesh, make_optimizer, pad_batch,
-                            replicate, shard_batch, workdir_path)
+                            replicate, shard_batch)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ def step_metrics(network, params, batch: dict, key, *, K: int,
   With ``num_real_steps`` (a rollout) two reference curves are added:
   ``held_bce``, the last real input frame (x_{N-1}) held for every later step, and
   ``blank_bce``, an empty frame (what a model that lost its balls scores).
+  With the balls' ``positions`` [T+1, B, n, 2], ``radii`` and ``valid`` [1, B, n]
+  (``ball_fields``), the object-level sums of :func:`object_sums` are added, for the model
+  and (``held_*``, in a rollout) for the held frame.
   """
   x = batch["features"]
   r = em.rollout(network, params, x, key, K=K, actions=batch.get("actions"),
@@ -91,7 +95,50 @@ def step_metrics(network, params, batch: dict, key, *, K: int,
     g = batch["groups"][1:]
     out["ari"] = per_step(metrics.adjusted_rand_index, num_groups=num_groups)(g, r.gamma)
     out["confidence"] = per_step(metrics.confidence)(g, r.gamma)
+  if "positions" in batch:
+    out.update(object_sums(r.psi, r.gamma, batch))
+    if num_real_steps is not None:
+      out.update({f"held_{k}": v for k, v in object_sums(held[:, :, None], None, batch).items()})
   return out
+
+
+# Per-sequence object sums -> the per-step curves of a rollout record: name -> (num, den).
+OBJECT_CURVES = {"balls_kept": ("balls_kept", "balls"),
+                 "position_error_px": ("position_error_sum", "position_error_count"),
+                 "swap_rate": ("swaps", "tracked")}
+
+
+def object_sums(psi, gamma, batch: dict) -> dict:
+  """Per-step, per-sequence ``[T, B]`` counts and sums of the object-level metrics
+  (``rnem_jax.objects``; ``OBJECT_CURVES`` turns their means into per-ball rates): valid balls,
+  balls kept (still rendered: mean predicted intensity on the true disc > 0.5), the summed
+  and counted position error (px) of the kept balls, and identity swaps among the balls kept
+  at both t-1 and t. ``psi``/``gamma``: [T, B, K, H, W, 1] (``gamma`` None: from psi)."""
+  valid = batch["valid"][0] > 0
+  o = objects.object_metrics(psi, gamma, batch["positions"], batch["radii"][0], valid,
+                             tuple(psi.shape[3:5]))
+  kept = o["kept"] & valid
+  err_ok = kept & jnp.isfinite(o["position_error"])
+  swaps = o["swap"] & o["tracked"]
+  f32 = lambda v: jnp.sum(v, axis=-1).astype(jnp.float32)
+  return {"balls": jnp.broadcast_to(f32(valid), kept.shape[:2]), "balls_kept": f32(kept),
+          "position_error_sum": f32(jnp.where(err_ok, o["position_error"], 0.0)),
+          "position_error_count": f32(err_ok), "swaps": f32(swaps), "tracked": f32(o["tracked"])}
+
+
+def ball_fields(examples: list[dict], num_frames: int, max_balls: int) -> dict:
+  """``positions`` [T+1, B, max_balls, 2] and ``radii``/``valid`` [1, B, max_balls] of stored
+  balls examples, padded to ``max_balls`` (time-major like a batch; padding: valid 0)."""
+  B = len(examples)
+  pos = np.zeros((num_frames, B, max_balls, 2), np.float32)
+  radii = np.zeros((1, B, max_balls), np.float32)
+  valid = np.zeros((1, B, max_balls), np.float32)
+  for b, ex in enumerate(examples):
+    n = len(ex["radii"])
+    pos[:, b, :n] = ex["positions"][:num_frames]
+    radii[0, b, :n] = ex["radii"]
+    valid[0, b, :n] = 1.0
+  return {"positions": pos, "radii": radii, "valid": valid}
 
 
 def summarise(curves: dict[str, np.ndarray]) -> dict:
@@ -115,23 +162,32 @@ def summarise(curves: dict[str, np.ndarray]) -> dict:
 
 def restore_params(config, workdir: str, network, mesh, which: str = ""):
   """Parameters of the ``which`` checkpoint in ``workdir`` (``""``: ``config.eval.checkpoint``,
-  ``"best"`` by default); ``latest`` when there is no ``best`` one."""
+  ``"best"`` by default); ``latest`` when there is no ``best`` one. Creates nothing.
+
+  A trainer may replace checkpoints while this reads them: a checkpoint that vanished is read
+  again from the newest one (up to three tries).
+  """
   which = which or config.eval.checkpoint
   if which not in ("best", "latest"):
     raise ValueError(f"eval.checkpoint must be 'best' or 'latest', got {which!r}")
-  ckpts = Checkpoints(workdir)
-  try:
-    source = which if getattr(ckpts, which).latest_step() is not None else "latest"
-    if getattr(ckpts, source).latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {workdir_path(workdir) / 'checkpoints'}: "
-                              "train first (--mode=train)")
-    check_compatible(ckpts.restore_meta(source), config, workdir)
-    tx = make_optimizer(config.train.learning_rate)
-    target = replicate(create_train_state(init_params(network, jax.random.key(0)), tx), mesh)
-    state, _ = ckpts.restore(source, target)
-  finally:
-    ckpts.close()
-  return state.params, int(state.step)
+  tx = make_optimizer(config.train.learning_rate)
+  target = replicate(create_train_state(init_params(network, jax.random.key(0)), tx), mesh)
+  for attempt in range(3):
+    ckpts = Checkpoints(workdir, create=False)
+    try:
+      source = which if ckpts.steps(which) else "latest"
+      steps = ckpts.steps(source)
+      if not steps:
+        raise CheckpointError(f"no checkpoint in {ckpts.root}: train first (--mode=train)")
+      check_compatible(ckpts.restore_meta(source), config, workdir)
+      state, _ = ckpts.restore(source, target)
+      return state.params, int(state.step)
+    except CheckpointError:
+      if attempt == 2 or ckpts.steps(source) == steps:
+        raise
+      log.info("checkpoints in %s changed while reading them; reading again", ckpts.root)
+    finally:
+      ckpts.close()
 
 
 def _check_eval_data(config, mesh, dataset: str, T: int, batch_size: int):
@@ -140,9 +196,9 @@ def _check_eval_data(config, mesh, dataset: str, T: int, batch_size: int):
   if batch_size < 1:
     raise ValueError(f"eval batch size must be >= 1, got {batch_size}")
   data_dir = config.data_dir or None
-  data.ensure_built(dataset, data_dir)
-  info = data.dataset_info(dataset, data_dir)
+  info = data.dataset_info(dataset, data_dir)   # from the builder's config: nothing built yet
   check_data_fits_model(info, config)
+  data.ensure_built(dataset, data_dir)
   if T + 1 > info.num_frames:
     raise ValueError(f"{T} steps need {T + 1} frames; {dataset} has {info.num_frames}")
   return info
@@ -151,7 +207,8 @@ def _check_eval_data(config, mesh, dataset: str, T: int, batch_size: int):
 def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: int, T: int,
                 batch_size: int, max_sequences: int, seed: int,
                 num_real_steps: Optional[int] = None, simulate_input: bool = True,
-                simulate_gamma: bool = True, metrics_fn=None) -> tuple[dict, int]:
+                simulate_gamma: bool = True, metrics_fn=None,
+                with_objects: bool = False) -> tuple[dict, int]:
   """Mean per-step curves over a whole split (every sequence exactly once).
 
   Sequence i of the split draws its noise and gamma0 from ``fold_in(key(seed), i)``
@@ -161,6 +218,8 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
 
   ``metrics_fn`` (default :func:`step_metrics`) computes the ``{name: [T, B]}`` curves of one
   batch; it is called with ``step_metrics``'s arguments (``key``: per-sequence keys ``[B]``).
+  ``with_objects``: batches also carry the balls' positions and radii (``ball_fields``), for
+  the object-level metrics (datasets with balls only).
   """
   metrics_fn = metrics_fn or step_metrics
   info = _check_eval_data(config, mesh, dataset, T, batch_size)
@@ -172,7 +231,9 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
       num_real_steps=num_real_steps, num_groups=max(info.max_balls, 1),
       simulate_input=simulate_input, simulate_gamma=simulate_gamma, **em_options(config)),
       out_shardings=NamedSharding(mesh, P()))
-  sums, count = None, 0
+  sums, count, source = None, 0, None
+  if with_objects and not info.max_balls:
+    raise ValueError(f"{dataset} has no balls: object-level metrics need a balls dataset")
   batches = data.iterate_batches(dataset, split, batch_size, seed=seed, num_frames=T + 1,
                                  shuffle=False, num_epochs=1, drop_remainder=False,
                                  shard_index=0, shard_count=1, data_dir=data_dir)
@@ -182,7 +243,12 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
     n = batch["features"].shape[1]
     if max_sequences:
       n = min(n, max_sequences - count)
-    batch, _ = pad_batch({k: v[:, :n] for k, v in batch.items()}, mesh.size)
+    batch = {k: v[:, :n] for k, v in batch.items()}
+    if with_objects:
+      source = source or data.load_source(dataset, split, data_dir)
+      batch.update(ball_fields([source[i] for i in range(count, count + n)], T + 1,
+                               info.max_balls))
+    batch, _ = pad_batch(batch, mesh.size)
     out = fn(params, shard_batch(batch, mesh, same_on_every_process=True), jnp.int32(count))
     out = {k: np.asarray(v)[:, :n].astype(np.float64).sum(axis=1) for k, v in out.items()}
     sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
@@ -238,7 +304,12 @@ def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str 
 def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int = 0,
             dataset: str = "", output: str = "rollout.json", simulate_input: bool = True,
             simulate_gamma: bool = True) -> dict:
-  """Simulation (SPEC D7): N real steps, then the model feeds itself; per-step BCE.
+  """Simulation (SPEC D7): N real steps, then the model feeds itself; per-step BCE and, on
+  balls datasets, per-step object metrics: ``balls_kept_per_step`` (the fraction of balls the
+  prediction still renders), ``position_error_px_per_step`` (of the kept balls' rendered
+  centroid) and ``swap_rate_per_step`` (identity swaps between components), also for the held
+  last real frame (``held_*``: a model whose balls stop). On curtain data, balls behind the
+  curtain count as not rendered.
 
   ``simulate_input``/``simulate_gamma``: see :func:`rnem_jax.em.rollout` (both
   on = the reference protocol; the others are diagnostics, see
@@ -249,13 +320,15 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
   n_real = num_real_steps or config.rollout.num_real_steps
   n_sim = num_sim_steps or config.rollout.num_sim_steps
   dataset = dataset or config.rollout.dataset or config.dataset
+  with_objects = data.dataset_info(dataset, config.data_dir or None).max_balls > 0
   params, step = restore_params(config, workdir, network, mesh)
   curves, count = run_metrics(config, params, network, mesh, dataset=dataset, split="test",
                               K=config.em.K, T=n_real + n_sim,
                               batch_size=config.rollout.batch_size,
                               max_sequences=config.rollout.max_sequences,
                               seed=config.rollout.seed, num_real_steps=n_real,
-                              simulate_input=simulate_input, simulate_gamma=simulate_gamma)
+                              simulate_input=simulate_input, simulate_gamma=simulate_gamma,
+                              with_objects=with_objects)
   record = {
       "model": config.name, "checkpoint_step": step, "dataset": dataset, "K": config.em.K,
       "num_real_steps": n_real, "num_sim_steps": n_sim, "num_sequences": count,
@@ -267,6 +340,11 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
   }
   if "relational_bce" in curves:
     record["relational_bce_per_step"] = [float(x) for x in curves["relational_bce"]]
+  for prefix in ("", "held_") if with_objects else ():
+    for name, (num, den) in OBJECT_CURVES.items():
+      record[f"{prefix}{name}_per_step"] = [
+          float(a / b) if b > 0 else None  # None (JSON null): nothing to measure at this step
+          for a, b in zip(curves[prefix + num], curves[prefix + den])]
   if output:
     _write_json(workdir_path(workdir) / output, record)
   return record

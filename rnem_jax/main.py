@@ -35,6 +35,9 @@ flags.DEFINE_string("coordinator_address", None,
                     "SLURM/TPU).")
 flags.DEFINE_integer("num_processes", None, "Processes of the job (with --distributed).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume a run whose config changed in fields that change the training (learning "
+                  "rate, seed, batch, K, T, ...; budgets, logging and evaluation may always change).")
 config_flags.DEFINE_config_file(
     "config", "configs/balls.py:small", "Experiment config file (see configs/).", lock_config=True)
 FLAGS = flags.FLAGS
@@ -57,16 +60,26 @@ def main(argv):
   if FLAGS.distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   host_memory.for_backend(jax.default_backend())
+  from rnem_jax import checkpoints, train
+
+  # SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C): training finishes its step, saves
+  # and stops; anything else stops at once. Either way one line and status 128 + signal number.
+  signals = train.StopSignals()
   try:
-    run()
-  except (ValueError, FileNotFoundError, data.DatasetError) as e:
-    # A user's mistake (config, paths, data): one line, no traceback (RNEM_TRACEBACK=1 shows it).
+    run(signals)
+  except train.Preempted as e:
+    print(f"{e}", file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except (ValueError, OSError, data.DatasetError, checkpoints.CheckpointError,
+          checkpoints.WorkdirBusyError, FloatingPointError) as e:
+    # A user's mistake or a fault (config, paths, data, disk, divergence): one line, no
+    # traceback (RNEM_TRACEBACK=1 shows it).
     if os.environ.get("RNEM_TRACEBACK"):
       raise
-    sys.exit(f"error: {e}")
+    sys.exit("error: " + " ".join(str(e).split()))
 
 
-def run():
+def run(signals):
   import jax
 
   from rnem_jax import evaluate, host_memory, train, visualize
@@ -77,7 +90,9 @@ def run():
            jax.process_count(), jax.device_count(), jax.default_backend(),
            "kept" if host_memory.in_effect() else "returned (system allocator)")
   if FLAGS.mode in ("train", "all"):
-    summary = train.train_and_evaluate(config, FLAGS.workdir)
+    summary = train.train_and_evaluate(config, FLAGS.workdir,
+                                       allow_config_change=FLAGS.allow_config_change,
+                                       stop=signals)
     log.info("training: %s", summary)
   if FLAGS.mode in ("eval", "all"):
     record = evaluate.evaluate(config, FLAGS.workdir)
@@ -101,5 +116,20 @@ def run():
     visualize.render_run(config, FLAGS.workdir)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with config errors (an unknown field, a value of the wrong type, a
+  missing config file) as one line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    # ml_collections puts a config file's traceback into the message: its last line says it.
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    sys.exit(f"error: {lines[-1].strip() if 'Traceback' in str(e) else lines[0]} "
+             "(--help for usage)")
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    message = str(e).strip().strip("'\"").replace("\\n", " ").replace("\n", " ")
+    sys.exit(f"error: in --config: {type(e).__name__}: {message}")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -19,12 +19,14 @@ two independent slices give XLA:CPU's executor work to run side by side.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from typing import Any, Optional
@@ -34,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 from etils import epath
 from flax.training.early_stopping import EarlyStopping
@@ -43,6 +44,8 @@ from jax.sharding import PartitionSpec as P
 from tensorboardX import SummaryWriter
 
 from rnem_jax import data, em
+from rnem_jax.checkpoints import (Checkpoints, WorkdirLock, check_resume_config,
+                                  workdir_path)
 from rnem_jax.layers import resolve_conv_impl
 from rnem_jax.model import build_network, init_params
 
@@ -88,7 +91,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, network, tx, K
 
   Returns:
     (new_state, metrics) with ``loss`` (mean over steps), ``loss_last``,
-    ``intra``/``inter`` (means over steps) and ``grad_norm``.
+    ``intra``/``inter`` (means over steps), ``grad_norm`` and ``applied`` (0 where the
+    update was withheld because the loss, gradients or new parameters were not finite).
   """
   B = batch["features"].shape[1]
   first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * B
@@ -108,6 +112,14 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, network, tx, K
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
+  # A step whose loss, gradients or new parameters are not finite is not applied: the state
+  # stays the last finite one (the loop stops on the loss and names the step).
+  finite = lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                           for x in jax.tree_util.tree_leaves(tree)]))
+  ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & finite(params)
+  keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  metrics["applied"] = ok.astype(jnp.float32)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -160,72 +172,6 @@ def shard_batch(batch: dict, mesh: Mesh, same_on_every_process: bool = False) ->
           for k, v in batch.items()}
 
 
-# ---------------------------------------------------------------------------
-# Checkpoints: orbax, "latest" every few steps + "best" by validation loss.
-
-
-class Checkpoints:
-  """Two orbax CheckpointManagers under ``workdir/checkpoints/{latest,best}``.
-
-  Each checkpoint holds the ``TrainState`` and a JSON ``meta`` record (model
-  config, early-stopping state, epoch). Orbax writes to a temporary directory
-  and renames it when complete, so a killed run never leaves a half-written
-  checkpoint behind.
-  """
-
-  def __init__(self, workdir: str):
-    root = workdir_path(workdir) / "checkpoints"
-
-    def manager(which):
-      # Each manager names its own multi-process barriers: "best" and "latest" often save the
-      # same step, and barriers named after the step alone would collide.
-      opts = ocp.CheckpointManagerOptions(
-          max_to_keep=1, create=True,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              barrier_sync_key_prefix=which))
-      return ocp.CheckpointManager(root / which, options=opts)
-
-    self.latest = manager("latest")
-    self.best = manager("best")
-
-  def save(self, which: str, step: int, state: TrainState, meta: dict) -> None:
-    mngr = getattr(self, which)
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            meta=ocp.args.JsonSave(meta)), force=True)
-
-  def restore_meta(self, which: str) -> Optional[dict]:
-    mngr = getattr(self, which)
-    step = mngr.latest_step()
-    if step is None:
-      return None
-    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-  def restore(self, which: str, target: TrainState) -> tuple[Optional[TrainState], Optional[dict]]:
-    """Restores onto the shapes/shardings of ``target``; (None, None) if there is none."""
-    mngr = getattr(self, which)
-    step = mngr.latest_step()
-    if step is None:
-      return None, None
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
-
-  def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
-
-  def close(self) -> None:
-    self.latest.close()
-    self.best.close()
-
-
-def workdir_path(workdir: str) -> epath.Path:
-  """A run directory as an ``epath.Path``: a local path (made absolute) or ``gs://...``."""
-  path = epath.Path(workdir)
-  return path if "://" in str(workdir) else epath.Path(os.path.abspath(os.path.expanduser(workdir)))
-
-
 # Model fields that change how the parameters are computed with, not the parameters.
 _COMPUTE_ONLY_FIELDS = ("conv_impl",)
 
@@ -264,6 +210,7 @@ def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
     raise ValueError(f"em.K must be >= 1, got {config.em.K}")
   if config.em.T < 1:
     raise ValueError(f"em.T must be >= 1, got {config.em.T}")
+  em.check_train_sim_steps(config.em.T, config.em.get("train_sim_steps", 0))
   if num_processes < 1 or num_devices % num_processes:
     raise ValueError(f"{num_devices} devices cannot be split evenly over {num_processes} "
                      "processes")
@@ -363,13 +310,24 @@ def _data_dir(config) -> Optional[str]:
 
 
 class _Logger:
-  """JSONL + TensorBoard (tensorboardX) writer for scalar metrics (process 0 only)."""
+  """JSONL + TensorBoard (tensorboardX) writer for scalar metrics (process 0 only).
 
-  def __init__(self, workdir: epath.Path):
+  ``resume_step``: a resumed run drops the rows of later steps (a killed run had logged steps
+  that it repeats now), in the JSONL file and in TensorBoard (``purge_step``).
+  """
+
+  def __init__(self, workdir: epath.Path, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     if self.enabled:
-      self.jsonl = (workdir / "train_log.jsonl").open("a")
-      self.tb = SummaryWriter(str(workdir / "tensorboard"))
+      path = workdir / "train_log.jsonl"
+      if path.exists():
+        rows = [line for line in path.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line)["step"] <= resume_step]
+        tmp = workdir / "train_log.jsonl.tmp"
+        tmp.write_text("".join(rows))
+        tmp.replace(path)
+      self.jsonl = path.open("a")
+      self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
   def write(self, step: int, kind: str, scalars: dict) -> None:
     if not self.enabled:
@@ -387,19 +345,72 @@ class _Logger:
       self.tb.close()
 
 
-def em_options(config) -> dict:
-  """The config's EM settings as keyword arguments of ``em.rollout``."""
-  return dict(noise_prob=config.em.noise_prob, e_step_distribution=config.em.e_step,
+class Preempted(Exception):
+  """Training stopped on a signal after saving ``latest`` at ``step``."""
+
+  def __init__(self, signum: int, step: Optional[int]):
+    self.signum, self.step = signum, step
+    name = signal.Signals(signum).name
+    where = f"stopped at step {step}, saved" if step is not None else "stopped"
+    super().__init__(f"{name}: {where}; the same command resumes")
+
+
+class StopSignals:
+  """SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) handlers for a training process.
+
+  Inside ``deferred()`` (the training loop) a signal is only recorded in ``received``: the loop
+  finishes its step, saves and raises ``Preempted``. Elsewhere it raises ``Preempted`` at once.
+  """
+
+  def __init__(self):
+    self.received: Optional[int] = None
+    self._defer = False
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):
+    self.received = signum
+    if not self._defer:
+      raise Preempted(signum, None)
+
+  @contextlib.contextmanager
+  def deferred(self):
+    self._defer = True
+    try:
+      if self.received is not None:
+        raise Preempted(self.received, None)
+      yield
+    finally:
+      self._defer = False
+
+
+# Consecutive steps with exactly zero gradients after which training stops (saturated units:
+# nothing will change any more).
+STALL_STEPS = 20
+
+
+def em_options(config, training: bool = False) -> dict:
+  """The config's EM settings as keyword arguments of ``em.rollout``.
+
+  ``training=True`` adds the training objective's own settings (``em.train_sim_steps``,
+  ``em.sim_gradient``: the last S steps simulated, for the ``*_sim`` models); evaluation
+  rollouts choose their real and simulated steps themselves.
+  """
+  opts = dict(noise_prob=config.em.noise_prob, e_step_distribution=config.em.e_step,
               prior=config.em.prior, inter_weight=config.em.inter_weight,
               e_step_target=config.em.e_step_target,
               action_tiling=config.em.action_tiling)
+  if training and config.em.get("train_sim_steps", 0):
+    opts.update(train_sim_steps=config.em.train_sim_steps,
+                sim_gradient=config.em.get("sim_gradient", False))
+  return opts
 
 
 def make_sequence_loss_fn(network, config, K: int, mesh: Mesh):
   """Jitted ``(params, batch, key, first) -> [B]``: each sequence's mean EM loss (forward only;
   validation). Sequence b draws its noise and gamma0 from ``fold_in(key, first + b)``; the
   output is replicated, so every process reads every sequence's loss."""
-  opts = em_options(config)
+  opts = em_options(config, training=True)
 
   def fn(params, batch, key, first):
     keys = em.sequence_keys(key, first, batch["features"].shape[1])
@@ -441,11 +452,38 @@ def validation_loss(loss_fn, params, config, mesh, key) -> float:
   return total / count
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def make_forward_loss_fn(network, config, K: int):
+  """Jitted ``(params, batch, key) -> loss`` of a (sharded) training batch, forward only, with
+  the training step's per-sequence keys: checks that parameters about to be saved work."""
+  def fn(params, batch, key):
+    keys = em.sequence_keys(key, 0, batch["features"].shape[1])
+    return em.training_loss(network, params, batch["features"], keys, K=K,
+                            actions=batch.get("actions"), **em_options(config, training=True))[0]
+  return jax.jit(fn)
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process (every process must call it at the same step)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False,
+                       stop=None) -> dict:
   """Trains ``config`` in ``workdir``, resuming from its latest checkpoint if any.
 
+  Args:
+    allow_config_change: resume even if fields outside ``checkpoints.RESUMABLE_FIELDS``
+      changed since the run started (they are listed in the log).
+    stop: a ``StopSignals`` (or None): once it has ``received`` a signal (checked every step;
+      multi-process: every ``log_every`` steps, all processes agreeing), the step in flight
+      finishes, ``latest`` is saved at it, and ``Preempted`` is raised.
+
   Returns a summary dict (final step, best validation loss, why it stopped).
-  Raises FloatingPointError on a NaN/Inf loss (the last good checkpoint stays).
+  Raises FloatingPointError on a non-finite loss or stalled gradients; the last checkpoint
+  kept was saved from parameters that gave a finite loss.
   """
   mesh = make_mesh()
   validate_config(config, mesh.size, jax.process_count())
@@ -459,36 +497,66 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data.ensure_built(config.dataset, _data_dir(config))
   workdir = workdir_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  ckpts = Checkpoints(workdir)
-  check_compatible(ckpts.restore_meta("latest"), config, str(workdir))
+  lock = WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    with (stop.deferred() if stop is not None else contextlib.nullcontext()):
+      return _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
+                    allow_config_change, (lambda: stop.received) if stop else (lambda: None))
+  finally:
+    lock.release()
 
+
+def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
+           allow_config_change, stop) -> dict:
+  ckpts = Checkpoints(workdir)
   tx = make_optimizer(config.train.learning_rate)
   root_key = jax.random.key(config.seed)
   init_key, step_key, valid_key = jax.random.split(root_key, 3)
   state = replicate(create_train_state(init_params(network, init_key), tx), mesh)
+  saved_meta = ckpts.restore_meta("latest")
+  check_compatible(saved_meta, config, str(workdir))
+  changes = check_resume_config((saved_meta or {}).get("config"), config, workdir,
+                                allow_config_change)
+  if changes:
+    log.warning("resuming with changed config fields: %s",
+                ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
   restored, meta = ckpts.restore("latest", state)
   stopper = EarlyStopping(patience=max(config.train.patience - 1, 0))
   if restored is not None:
     state = restored
     stopper = stopper.replace(**meta["early_stopping"])
-    log.info("resumed from step %d in %s", int(state.step), workdir)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
+    step = int(state.step)
+    dropped = ckpts.drop_after("best", step) + ckpts.drop_after("latest", step)
+    log.info("resumed from step %d in %s%s", step, workdir,
+             f" (dropped newer checkpoints {dropped})" if dropped else "")
   step = int(state.step)
+  config_json = config.to_json_best_effort(indent=2)
+  if jax.process_index() == 0:
+    tmp = workdir / "config.json.tmp"
+    tmp.write_text(config_json)
+    tmp.replace(workdir / "config.json")
+
   K, T = config.em.K, config.em.T
   train_step = make_train_step(network, tx, K=K, unroll=config.train.unroll,
                                remat=config.train.remat,
                                batch_splits=config.train.batch_splits, mesh=mesh,
-                               **em_options(config))
+                               **em_options(config, training=True))
   loss_fn = make_sequence_loss_fn(network, config, K, mesh)
-  logger = _Logger(workdir)
+  forward_loss = make_forward_loss_fn(network, config, K)
+  logger = _Logger(workdir, resume_step=step)
 
   def meta_now(epoch: int) -> dict:
     return {"model": model_signature(config), "epoch": epoch,
+            "config": json.loads(config_json),
             "early_stopping": {"best_metric": float(stopper.best_metric),
                                "patience_count": int(stopper.patience_count),
                                "should_stop": bool(stopper.should_stop)}}
+
+  if restored is None:
+    # The initial parameters: a "last good" checkpoint even if the first steps diverge.
+    ckpts.save("latest", 0, state, meta_now(0))
 
   # One global order of training sequences; each process reads its slice of every batch.
   batches = data.iterate_batches(
@@ -502,32 +570,66 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Metrics stay on the device until read here, every log_every steps and before every save:
   # no per-step host sync, so the host prepares the next batch while the device computes.
   pending: list[tuple[int, dict]] = []
-  timer = {"time": time.time(), "step": step}
+  timer = {"time": time.time(), "step": step, "zero_grads": 0}
+
+  def stopped_here(s: int) -> str:
+    return (f"stopping. The last good checkpoint (step {ckpts.latest.latest_step()}) is kept "
+            f"in {workdir / 'checkpoints'}; resuming repeats the same steps, so change the "
+            f"config (e.g. a lower train.learning_rate) and use a new --workdir")
 
   def flush() -> None:
-    """Reads the pending steps' metrics; raises on a non-finite loss, logs the last one."""
+    """Reads the pending steps' metrics; raises on a non-finite loss or stalled gradients,
+    logs the last one."""
     if not pending:
       return
     values = jax.device_get([m for _, m in pending])
     for (s, _), m in zip(pending, values):
-      if not math.isfinite(float(m["loss"])):
-        last = ckpts.latest.latest_step()
-        raise FloatingPointError(
-            f"training loss is {float(m['loss'])} at step {s}; stopping. The last good "
-            f"checkpoint (step {last}) is kept in {workdir / 'checkpoints'}.")
+      if not (math.isfinite(float(m["loss"])) and float(m["applied"])):
+        raise FloatingPointError(f"training loss {float(m['loss'])}, gradient norm "
+                                 f"{float(m['grad_norm'])} at step {s} (not applied); "
+                                 + stopped_here(s))
+      timer["zero_grads"] = timer["zero_grads"] + 1 if float(m["grad_norm"]) == 0.0 else 0
+      if timer["zero_grads"] >= STALL_STEPS:
+        raise FloatingPointError(f"gradients exactly zero for {STALL_STEPS} steps (to step {s}):"
+                                 " the units saturated and nothing will change; "
+                                 + stopped_here(s))
     s, m = pending[-1][0], values[-1]
     pending.clear()
     if s % config.train.log_every == 0 or s == max_steps:
       now = time.time()
       sps = (s - timer["step"]) / max(now - timer["time"], 1e-9)
       timer.update(time=now, step=s)
-      scalars = {k: float(v) for k, v in m.items()}
+      scalars = {k: float(v) for k, v in m.items() if k != "applied"}
       scalars["steps_per_s"] = sps
       logger.write(s, "train", scalars)
       bar.set_postfix(loss=f"{scalars['loss']:.1f}", steps_per_s=f"{sps:.2f}")
 
+  def save(which: str, s: int, epoch: int, batch, key) -> None:
+    """Saves after checking that the parameters give a finite loss on the last batch."""
+    loss = 0.0 if batch is None else float(forward_loss(state.params, batch, key))
+    if not math.isfinite(loss):
+      raise FloatingPointError(f"the parameters after step {s} give a loss of {loss}; "
+                               + stopped_here(s))
+    ckpts.save(which, s, state, meta_now(epoch))
+
+  def check_stop() -> Optional[int]:
+    signum = stop()
+    if jax.process_count() > 1:
+      if step % config.train.log_every:
+        return None
+      return signum or (signal.SIGTERM if _any_process(signum is not None) else None)
+    return signum
+
+  batch, key = None, None
   try:
     while step < max_steps:
+      signum = check_stop()
+      if signum is not None:
+        flush()
+        if ckpts.latest.latest_step() != step:
+          save("latest", step, step // steps_per_epoch, batch, key)
+        ckpts.wait()
+        raise Preempted(signum, step)
       if stopper.should_stop:
         reason = "early_stopping"
         break
@@ -535,7 +637,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         reason = "max_minutes"
         break
       batch = shard_batch(_model_inputs(next(batches)), mesh)
-      state, metrics = train_step(state, batch, jax.random.fold_in(step_key, step))
+      key = jax.random.fold_in(step_key, step)
+      state, metrics = train_step(state, batch, key)
       step += 1
       pending.append((step, metrics))
       bar.update(1)
@@ -551,14 +654,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                      "best_loss": stopper.best_metric})
         log.info("epoch %d (step %d): validation loss %.3f (best %.3f)", epoch, step, val,
                  stopper.best_metric)
+        # latest first: a run killed between the two saves resumes from this step.
+        save("latest", step, epoch, batch, key)
         if stopper.has_improved:
           ckpts.save("best", step, state, meta_now(epoch))
-        ckpts.save("latest", step, state, meta_now(epoch))
       elif step % config.train.checkpoint_every == 0:
-        ckpts.save("latest", step, state, meta_now(step // steps_per_epoch))
+        save("latest", step, step // steps_per_epoch, batch, key)
     flush()
     if ckpts.latest.latest_step() != step:
-      ckpts.save("latest", step, state, meta_now(step // steps_per_epoch))
+      save("latest", step, step // steps_per_epoch, batch, key)
     if ckpts.best.latest_step() is None:
       # No epoch finished yet: the latest state is the best we have.
       ckpts.save("best", step, state, meta_now(step // steps_per_epoch))

@@ -43,7 +43,7 @@ def _steps(workdir, which):
 def test_train_eval_resume_through_the_cli(tmp_path, data_dir, compile_cache):
   env, wd = _env(compile_cache), tmp_path / "run"
   _run(_args(wd, data_dir, "--mode=train"), env)
-  assert _steps(wd, "latest") == [6]
+  assert _steps(wd, "latest") == [4, 6]           # the two newest are kept
   assert len(_steps(wd, "best")) == 1
   rows = _rows(wd)
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -64,7 +64,7 @@ def test_train_eval_resume_through_the_cli(tmp_path, data_dir, compile_cache):
   # a second invocation resumes: the step count continues instead of restarting
   _run(_args(wd, data_dir, "--mode=train", "--config.train.max_steps=8"), env)
   assert [r["step"] for r in _rows(wd)] == [1, 2, 3, 4, 5, 6, 7, 8]
-  assert _steps(wd, "latest") == [8]
+  assert _steps(wd, "latest") == [6, 8]
 
   _run(_args(wd, data_dir, "--mode=rollout"), env)
   r = json.loads((wd / "rollout.json").read_text())

@@ -6,17 +6,30 @@ or ``spawn`` when the parent already runs JAX threads) and yields examples in
 index order, with a tqdm progress bar. Example i of a split is a pure function of
 (config seed, split, i), so the bytes written do not depend on the number of
 workers.
+
+Workers never outlive a build: an exception in the consumer (Ctrl-C, SIGTERM turned into an
+exception, a full disk) or closing the generator early cancels the pending chunks and
+terminates the workers at once (:func:`stop_workers` does it for every live pool), and on
+Linux each worker is killed by the kernel when its parent dies, even by SIGKILL
+(``PR_SET_PDEATHSIG``; elsewhere a thread in the worker polls the parent). Workers ignore
+SIGINT: a terminal's Ctrl-C reaches the whole process group, and the parent stops them.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
+import ctypes
 import dataclasses
 import functools
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import sys
+import threading
+import time
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -54,9 +67,101 @@ def default_num_workers() -> int:
     return os.cpu_count() or 1
 
 
+# Pools of generate_split that are running (stop_workers terminates them).
+_LIVE_POOLS: set = set()
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_worker_parent: Optional[int] = None  # in a worker: the pid of the process that started it
+
+
+def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+  """Exits this process soon after ``parent_pid`` is no longer its parent (it died)."""
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(interval)
+    os._exit(1)
+
+  threading.Thread(target=watch, name="rnem-parent-watch", daemon=True).start()
+
+
+def _setup_worker(parent_pid: int) -> None:
+  """Makes this generation worker die with its parent and leave Ctrl-C to it (once).
+
+  Runs at the worker's first task rather than as the pool's ``initializer`` so that any
+  executor class can stand in for the process pool (tests use a thread pool); in the parent
+  itself (serial generation, thread pools) it does nothing.
+  """
+  global _worker_parent
+  if _worker_parent == parent_pid or os.getpid() == parent_pid:
+    return
+  _worker_parent = parent_pid
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops its workers on Ctrl-C
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler forked from the parent
+  # The kernel sends SIGKILL when the thread that started this worker ends: pools start their
+  # workers in submit(), in the thread that consumes generate_split, which outlives them.
+  armed = False
+  if sys.platform.startswith("linux"):
+    try:
+      libc = ctypes.CDLL(None, use_errno=True)
+      armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+      armed = False
+  if not armed:
+    _watch_parent(parent_pid)
+  if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+    os._exit(1)
+
+
 def _call_with_seeds(fn: Callable[[np.random.SeedSequence], dict],
-                     entropies: list[tuple[int, ...]]) -> list[dict]:
+                     entropies: list[tuple[int, ...]],
+                     parent_pid: Optional[int] = None) -> list[dict]:
+  if parent_pid is not None:
+    _setup_worker(parent_pid)
   return [fn(np.random.SeedSequence(list(e))) for e in entropies]
+
+
+def _wait_for_exit(processes: list, timeout: float) -> bool:
+  """Waits until every process has exited; False on timeout. Reads their sentinels only: the
+  pool's manager thread reaps (waitpid) them, and a second reaper would race it."""
+  pending = {p.sentinel for p in processes}
+  deadline = time.monotonic() + timeout
+  while pending and time.monotonic() < deadline:
+    pending -= set(multiprocessing.connection.wait(list(pending), deadline - time.monotonic()))
+  return not pending
+
+
+def _stop_pool(pool: concurrent.futures.Executor, timeout: float = 5.0) -> None:
+  """Cancels the pending chunks of ``pool`` and terminates its worker processes now."""
+  _LIVE_POOLS.discard(pool)
+  processes = list((getattr(pool, "_processes", None) or {}).values())
+  manager = getattr(pool, "_executor_manager_thread", None)
+  results = getattr(pool, "_result_queue", None)
+  pool.shutdown(wait=False, cancel_futures=True)
+  for p in processes:
+    p.terminate()
+  if not _wait_for_exit(processes, timeout):
+    for p in processes:
+      p.kill()
+    _wait_for_exit(processes, timeout)
+  # A worker killed while sending its chunk leaves a partial message in the result pipe, and
+  # the pool's manager thread (which the interpreter joins at exit) would wait for the rest
+  # forever: closing this process's end, the pipe's last writer, turns that wait into an EOF,
+  # which the thread handles as a broken pool, and ends.
+  if results is not None and processes:
+    with contextlib.suppress(AttributeError, OSError):
+      results._writer.close()
+  if manager is not None:
+    manager.join(timeout)
+
+
+def stop_workers() -> None:
+  """Terminates the workers of every running :func:`generate_split` (an interrupted build).
+
+  The generators are suspended inside TFDS when an exception passes them by; without this
+  their pools would finish every pending chunk at interpreter exit before the process ends.
+  """
+  for pool in list(_LIVE_POOLS):
+    _stop_pool(pool)
 
 
 def _mp_context():
@@ -96,22 +201,32 @@ def generate_split(fn: Callable[[np.random.SeedSequence], dict[str, Any]],
     chunk = max(1, min(32, num_examples // (8 * num_workers)))
     chunks = [entropies[i:i + chunk] for i in range(0, num_examples, chunk)]
     i = 0
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=_mp_context()) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=_mp_context())
+    _LIVE_POOLS.add(pool)
+    try:
       pending = collections.deque()
       for c in chunks:
-        pending.append(pool.submit(_call_with_seeds, fn, c))
+        pending.append(pool.submit(_call_with_seeds, fn, c, os.getpid()))
         while len(pending) >= 4 * num_workers or (c is chunks[-1] and pending):
           try:
             examples = pending.popleft().result()
           except concurrent.futures.process.BrokenProcessPool as e:
-            raise RuntimeError("a dataset generation worker died. If you build from a script "
-                               "that imports JAX, workers are spawned and the script needs an "
-                               "`if __name__ == '__main__':` guard; or build first with "
-                               "`python -m rnem_jax.data build NAME`.") from e
+            from rnem_jax.data import DatasetError
+
+            raise DatasetError(
+                "a dataset generation worker died (killed, e.g. out of memory: try fewer "
+                "--num_workers). If you build from a script that imports JAX, workers are "
+                "spawned and the script needs an `if __name__ == '__main__':` guard; or build "
+                "first with `python -m rnem_jax.data build NAME`.") from e
           for example in examples:
             yield i, example
             i += 1
             bar.update()
+      pool.shutdown(wait=True)
+    except BaseException:  # an error, an interruption or an early close: stop the workers now
+      _stop_pool(pool)
+      raise
+    _LIVE_POOLS.discard(pool)
 
 
 def binary_video(num_frames: int, height: int, width: int) -> tfds.features.Tensor:
