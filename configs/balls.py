@@ -4,6 +4,8 @@ Usage:
   python -m rnem_jax.main --config=configs/balls.py[:<model>[,<scale>]] --workdir=DIR
 models: rnem (default, K=5) | rnem_k8 | rnem_noatt | rnn_em | rnn (K=1) | lstm (K=1)
   | rnem_noisy_gamma | rnn_em_noisy_gamma (a variant: gamma from the noisy next frame)
+  | rnem_sim | rnn_em_sim | rnn_sim | lstm_sim (a variant: trained with the last T // 2 steps
+    simulated, em.train_sim_steps, e.g. 10 of T=20 at the cpu scale; see rnem_jax/config.py)
 scales: paper (default) | small | tiny
 
 paper: 64x64, B=64, T=30, Adam 1e-3, bit-flip noise 0.2, early stopping

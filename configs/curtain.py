@@ -3,7 +3,8 @@
 Usage:
   python -m rnem_jax.main --config=configs/curtain.py[:<model>[,<scale>]] --workdir=DIR
 models: rnem (default) | rnem_k8 | rnem_noatt | rnn_em | rnn | lstm (and the
-*_noisy_gamma variants); scales: paper | small | cpu | tiny
+*_noisy_gamma variants and the simulation-trained rnem_sim | rnn_em_sim | rnn_sim | lstm_sim,
+the last T // 2 training steps simulated); scales: paper | small | cpu | tiny
 
 paper: balls3curtain64, 64x64, B=64, T=30 (GPU/TPU job). Paper's test numbers:
   R-NEM BCE 46.22 / relational 2.33; LSTM 59.32 / 2.72; RNN 94.64 / 4.14.

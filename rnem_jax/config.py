@@ -10,7 +10,11 @@ Models (paper §4): ``rnem`` (default, K=5), ``rnem_k8``, ``rnem_noatt``,
 noisy next frame (``em.e_step_target``); ``rnem_reference_actions`` (Atari) is
 a diagnostic: R-NEM with the reference code's action tiling, bug A1
 (``em.action_tiling``), which gives the components of one sequence different
-actions.
+actions. ``rnem_sim``, ``rnn_em_sim``, ``rnn_sim`` and ``lstm_sim`` (ours) are
+rnem, rnn_em, rnn and lstm trained for simulation: the last
+``em.train_sim_steps`` = T // 2 of the T training steps run as the rollout does
+(input sum_k gamma psi, gamma from the thresholded max psi; paper §4
+"Simulation"), the loss still against the true frames (``em.rollout``).
 Scales: ``paper`` (default: 64x64, B=64, T=30), ``small`` (32x32, B=16, T=15,
 a CPU run of ~30 minutes), ``cpu`` (the CPU reproduction protocol: 32x32 at
 2 px/frame, B=16, T=20, a fixed step budget; see launch/reproduce_cpu.sh),
@@ -34,6 +38,10 @@ MODELS = {
     "rnem_noisy_gamma": ("rnem", 5, 8),
     "rnn_em_noisy_gamma": ("rnn", 5, 8),
     "rnem_reference_actions": ("rnem", 5, 8),
+    "rnem_sim": ("rnem", 5, 8),
+    "rnn_em_sim": ("rnn", 5, 8),
+    "rnn_sim": ("rnn", 1, 1),
+    "lstm_sim": ("lstm", 1, 1),
 }
 # model name -> its ``em`` settings that differ from the reference: the *_noisy_gamma variants
 # run the E-step against the noisy next frame, so the input mask never sees a clean frame.
@@ -42,6 +50,22 @@ MODEL_EM = {
     "rnn_em_noisy_gamma": {"e_step_target": "noisy"},
     "rnem_reference_actions": {"action_tiling": "reference"},
 }
+# model name -> the share of the T training steps run as simulation, the last ones:
+# em.train_sim_steps = int(T * share), fixed when the config is built (T = 20 at the cpu scale:
+# 10 real + 10 simulated steps, the 10-step simulated horizon of the 5 + 10 rollout; half the loss
+# terms still train the grouping on real frames). Overriding em.T on the command line leaves
+# train_sim_steps as it is (em.rollout refuses S > T - 1). Measured from scratch (the small
+# R-NEM of SIM_GRADIENT's note, 450 steps): S = 10 and S = 5 both bring the held-out simulated
+# loss from 788 (S = 0) to 457 and 464, but S = 10 also slows the real steps (their loss 448 vs
+# 252 at S = 5 and 196 at S = 0): check the real-step metrics of long runs.
+MODEL_TRAIN_SIM = {"rnem_sim": 0.5, "rnn_em_sim": 0.5, "rnn_sim": 0.5, "lstm_sim": 0.5}
+# em.sim_gradient: False, the fed-back sum_k gamma psi is an input like a real frame (no
+# gradient through it). Measured on CPU (R-NEM hidden 32, 32x32 balls at 2 px/frame, K=4, T=20,
+# S=10, B=8, Adam 1e-3; each pair from the same init, data and noise): letting gradients flow
+# gave no lower loss on held-out 5 real + 15 simulated rollouts (+1.4%, +0.3%, +0.1%: within seed
+# noise) and, in one of the three pairs, gradient norms up to 2.7e5 (p99 1.2e5 vs 1.8e3) that left
+# the real steps' loss 30% worse.
+SIM_GRADIENT = False
 SCALES = ("paper", "small", "cpu", "tiny")
 
 
@@ -88,10 +112,14 @@ def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "
   c.em = ml_collections.ConfigDict(dict(
       K=K, T=30, noise_prob=0.2, e_step="bernoulli", prior=0.0, inter_weight=1.0,
       e_step_target="clean",            # "noisy": gamma from x~_{t+1} (see em.rollout)
-      action_tiling="per_sequence"))    # "reference": bug A1 reproduced, a diagnostic
+      action_tiling="per_sequence",     # "reference": bug A1 reproduced, a diagnostic
+      train_sim_steps=0,                # the last S of the T training steps simulated (*_sim)
+      sim_gradient=SIM_GRADIENT))       # gradients through the fed-back reconstruction
   c.em.update(MODEL_EM.get(model, {}))
   c.em.update(em.get("all", {}))
   c.em.update(em.get(scale, {}))
+  if model in MODEL_TRAIN_SIM:
+    c.em.train_sim_steps = int(c.em.T * MODEL_TRAIN_SIM[model])
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64,
       learning_rate=1e-3,

@@ -248,7 +248,8 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
             prior: float = 0.0, inter_weight: float = 1.0, keep_outputs: bool = False,
             unroll: Union[int, bool] = 1, remat: bool = False, simulate_input: bool = True,
             simulate_gamma: bool = True, e_step_target: str = "clean",
-            action_tiling: str = "per_sequence", batch_splits: int = 1) -> Rollout:
+            action_tiling: str = "per_sequence", batch_splits: int = 1,
+            train_sim_steps: int = 0, sim_gradient: bool = False) -> Rollout:
   """The full EM rollout over T = features.shape[0] - 1 steps as one ``lax.scan``.
 
   Args:
@@ -270,9 +271,23 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     action_tiling: ``"per_sequence"`` (ours): every component of a sequence
       gets its action. ``"reference"`` (a diagnostic): the reference code's
       bug A1, see :func:`tile_actions_like_reference`.
-    num_real_steps: simulation (SPEC D7): from step N on, the input is the
-      model's own soft reconstruction sum_k gamma psi and gamma comes from the
-      thresholded max of psi instead of the true frame. ``None``: all real.
+    num_real_steps: simulation (SPEC D7, paper §4 "Simulation", appendix A):
+      from step N on, the input is the model's own soft reconstruction
+      sum_k gamma psi (bit-flip noise is applied to it as to a real frame) and
+      gamma comes from the thresholded max of psi instead of the true frame; the
+      loss still targets the true frame. ``None``: all real (or see
+      ``train_sim_steps``). For evaluation rollouts.
+    train_sim_steps: S, simulation-trained models: the last S of the T steps run
+      as in simulation, i.e. ``num_real_steps = T - S`` (S = 0: all real, the
+      reference). Must be in [0, T - 1] (at least one real step) and cannot be
+      combined with ``num_real_steps``: one names the split for training (from
+      the config, relative to the end of each training sequence), the other for
+      an evaluation rollout (absolute).
+    sim_gradient: whether gradients flow through the fed-back reconstruction
+      sum_k gamma psi of the simulated steps into the steps that produced psi
+      (gamma stays a constant, as everywhere: paper appendix A, "not
+      back-propagating any gradients through gamma"). ``False`` (the evaluation
+      behaviour) stops them. No effect without simulated steps.
     simulate_input, simulate_gamma: which half of the simulation to apply in the
       simulated steps (both by default, as the reference). Switching one off is
       a diagnostic: ``simulate_gamma=False`` keeps gamma from the true next
@@ -299,6 +314,7 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     actions = tile_actions_like_reference(actions, K)
   T = features.shape[0] - 1
   B = features.shape[1]
+  num_real_steps = _real_steps(T, num_real_steps, train_sim_steps)
   if batch_splits < 1 or B % batch_splits:
     raise ValueError(f"batch_splits must be >= 1 and divide B = {B}; got {batch_splits}")
   flips, next_flips, gamma0 = draw_noise(key, features.shape, K, noise_prob, features.dtype,
@@ -312,8 +328,8 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     state, psi, gamma = carry
     x_t, x_next, flip, next_flip, sim, a_t = xs
     if num_real_steps is not None and simulate_input:
-      own = jnp.sum(gamma * psi, axis=1)
-      x_t = jnp.where(sim, jax.lax.stop_gradient(own), x_t)
+      own = jnp.sum(jax.lax.stop_gradient(gamma) * psi, axis=1)
+      x_t = jnp.where(sim, own if sim_gradient else jax.lax.stop_gradient(own), x_t)
     x_in = bitflip(x_t, flip)
     u = masked_input(x_in, psi, gamma)
     state, psi, alpha = network.apply(params, u, state, a_t)
@@ -338,6 +354,29 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
   if keep_outputs:
     return Rollout(*out, gamma0=gamma0)
   return Rollout(*out)
+
+
+def check_train_sim_steps(T: int, train_sim_steps: int) -> None:
+  """Raises ValueError unless ``train_sim_steps`` is an integer in [0, T - 1] (a T-step
+  training rollout keeps at least one real step). For config validation before training."""
+  if isinstance(train_sim_steps, bool) or int(train_sim_steps) != train_sim_steps:
+    raise ValueError(f"train_sim_steps must be an integer, got {train_sim_steps!r}")
+  if not 0 <= train_sim_steps <= T - 1:
+    raise ValueError(f"train_sim_steps must be in [0, T - 1] = [0, {T - 1}] (at least one real "
+                     f"step) for T = {T} steps; got {train_sim_steps}")
+
+
+def _real_steps(T: int, num_real_steps: Optional[int], train_sim_steps: int) -> Optional[int]:
+  """The number of real steps N of a T-step rollout (``None``: all real) from ``rollout``'s
+  ``num_real_steps`` or ``train_sim_steps`` (N = T - S); raises ValueError for a bad S."""
+  check_train_sim_steps(T, train_sim_steps)
+  if train_sim_steps == 0:
+    return num_real_steps
+  if num_real_steps is not None:
+    raise ValueError(
+        f"give num_real_steps (an evaluation rollout; got {num_real_steps}) or train_sim_steps "
+        f"(simulation training; got {train_sim_steps}), not both")
+  return T - int(train_sim_steps)
 
 
 def _split_batch(step, carry0, xs, splits: int):
@@ -377,6 +416,10 @@ def _split_batch(step, carry0, xs, splits: int):
 
 
 def training_loss(network, params, features, key, *, K: int, actions=None, **kwargs):
-  """Mean over the T steps of the EM loss (REFERENCE §3), and the rollout's losses."""
+  """Mean over the T steps of the EM loss (REFERENCE §3), and the rollout's losses.
+
+  With ``train_sim_steps=S`` (and ``sim_gradient``; see :func:`rollout`) the last S terms are
+  the losses of simulated steps against the true frames: the objective of the ``*_sim`` models.
+  """
   r = rollout(network, params, features, key, K=K, actions=actions, **kwargs)
   return jnp.mean(r.loss), r

@@ -146,3 +146,54 @@ def test_paper_scale_evaluation_needs_no_divisible_batch():
     validate_config(load_config("balls", "rnem", **{"train.learning_rate": -1e-3}), 1)
   with pytest.raises(ValueError, match="unknown conv implementation"):
     validate_config(load_config("balls", "rnem", **{"model.conv_impl": "cudnn"}), 1)
+
+
+SIM_MODELS = {"rnem_sim": "rnem", "rnn_em_sim": "rnn_em", "rnn_sim": "rnn", "lstm_sim": "lstm"}
+
+
+@pytest.mark.parametrize("sim_model,base", sorted(SIM_MODELS.items()))
+def test_sim_models_are_their_base_model_trained_on_simulated_steps(sim_model, base):
+  """``<model>_sim``: the base model's cell, K and every setting, plus the last T // 2 training
+  steps simulated (em.train_sim_steps) with the config's gradient choice (em.sim_gradient)."""
+  from rnem_jax import em
+  for name in ("balls", "curtain", "atari"):
+    for scale in config_lib.SCALES:
+      try:
+        cfg = load_config(name, f"{sim_model},{scale}")
+      except ValueError as e:
+        assert "is not defined" in str(e)
+        continue
+      ref = load_config(name, f"{base},{scale}")
+      assert cfg.name == f"{sim_model}_{scale}" and ref.em.train_sim_steps == 0
+      assert cfg.em.train_sim_steps == cfg.em.T // 2 >= 1
+      assert cfg.em.sim_gradient is config_lib.SIM_GRADIENT is ref.em.sim_gradient
+      em.check_train_sim_steps(cfg.em.T, cfg.em.train_sim_steps)
+      got, want = cfg.to_dict(), ref.to_dict()
+      got["em"]["train_sim_steps"] = 0
+      got["name"] = want["name"]
+      assert got == want
+  cpu = load_config("balls", f"{sim_model},cpu")   # the CPU protocol: T=20, rollout 5 + 10
+  assert (cpu.em.T, cpu.em.train_sim_steps) == (20, 10)
+  assert (cpu.rollout.num_real_steps, cpu.rollout.num_sim_steps) == (5, 10)
+  assert (load_config("balls", f"{sim_model},small").em.train_sim_steps,
+          load_config("balls", sim_model).em.train_sim_steps,
+          load_config("balls", f"{sim_model},tiny").em.train_sim_steps) == (7, 15, 2)
+
+
+def test_sim_fields_are_overridable_and_validated_by_the_rollout():
+  from rnem_jax import em
+  from rnem_jax.train import validate_config
+  cfg = load_config("balls", "rnem,cpu", **{"em.train_sim_steps": 5, "em.sim_gradient": False})
+  assert (cfg.em.train_sim_steps, cfg.em.sim_gradient) == (5, False)
+  bad = load_config("balls", "rnem_sim,cpu", **{"em.T": 8})     # S = 10 stays: too many
+  with pytest.raises(ValueError, match=r"train_sim_steps must be in \[0, T - 1\] = \[0, 7\]"):
+    em.check_train_sim_steps(bad.em.T, bad.em.train_sim_steps)
+  with pytest.raises(ValueError, match=r"train_sim_steps must be in \[0, T - 1\]"):
+    validate_config(bad, 1)   # refused before anything is built or written
+
+
+def test_every_model_has_a_report_label_and_rank():
+  from rnem_jax import summarize
+  for model in config_lib.MODELS:
+    assert model in summarize.MODEL_ORDER and model in summarize.LABELS, model
+  assert summarize.model_of("rnn_em_sim_cpu") == "rnn_em_sim"

@@ -289,3 +289,118 @@ def test_bad_inputs_raise():
     em.check_features(bad, 2, finite=True)
   with pytest.raises(ValueError, match="unknown E-step"):
     em.e_step(feats[0], feats[:2].transpose(1, 0, 2, 3, 4), "poisson")
+
+
+def test_train_sim_steps_is_num_real_steps_from_the_end():
+  """train_sim_steps=S runs the last S of the T steps as in simulation: the same psi, gamma,
+  inputs and losses (against the true frames) as num_real_steps = T - S."""
+  net, feats, key = ToyNetwork(), _toy_features(T=6), jax.random.key(4)
+  params = {"b": jnp.float32(-0.5), "w": jnp.float32(1.0)}
+  for S in (1, 3, 5):
+    train = em.rollout(net, params, feats, key, K=3, train_sim_steps=S, keep_outputs=True)
+    evaluation = em.rollout(net, params, feats, key, K=3, num_real_steps=6 - S,
+                            keep_outputs=True)
+    for name in ("loss", "intra", "inter", "psi", "gamma", "inputs"):
+      np.testing.assert_allclose(getattr(train, name), getattr(evaluation, name), rtol=1e-6,
+                                 err_msg=f"S={S} {name}")
+    # the simulated steps differ from an all-real rollout; the real ones do not
+    real = em.rollout(net, params, feats, key, K=3, keep_outputs=True)
+    np.testing.assert_allclose(train.psi[:6 - S], real.psi[:6 - S], rtol=1e-6)
+    np.testing.assert_allclose(train.loss[:6 - S], real.loss[:6 - S], rtol=1e-6)
+    for t in range(6 - S, 6):
+      assert not np.allclose(train.loss[t], real.loss[t]), (S, t)
+    # the gradient flag changes no forward value
+    flow = em.rollout(net, params, feats, key, K=3, train_sim_steps=S, sim_gradient=True,
+                      keep_outputs=True)
+    np.testing.assert_array_equal(flow.psi, train.psi)
+    np.testing.assert_array_equal(flow.loss, train.loss)
+  loss, r = em.training_loss(net, params, feats, key, K=3, train_sim_steps=2)
+  np.testing.assert_allclose(loss, jnp.mean(em.rollout(net, params, feats, key, K=3,
+                                                       num_real_steps=4).loss), rtol=1e-6)
+  # S = 0 is the reference: all real
+  zero = em.rollout(net, params, feats, key, K=3, train_sim_steps=0, sim_gradient=True)
+  np.testing.assert_array_equal(zero.loss, em.rollout(net, params, feats, key, K=3).loss)
+
+
+SIM_T, SIM_S, SIM_W = 5, 2, jnp.float32(1.5)
+
+
+def _sim_rollout(b, **kw):
+  """The toy rollout of the sim-gradient tests: T = 5 steps, the last S = 2 simulated."""
+  return em.rollout(ToyNetwork(), {"b": b, "w": SIM_W}, _toy_features(T=SIM_T),
+                    jax.random.key(6), K=3, noise_prob=0.1, train_sim_steps=SIM_S, **kw)
+
+
+def _unrolled_last_loss(b, b0, fed_back: str):
+  """The last step's loss of ``_sim_rollout``, written out step by step, with every gamma the
+  constant that the rollout at ``b0`` computed (gamma is never differentiated).
+
+  ``fed_back``: ``"flow"``, the simulated steps' input is sum_k gamma psi of the live psi;
+  ``"constant"``, it is the value that sum took at ``b0`` (no gradient path).
+  """
+  net, feats, key = ToyNetwork(), _toy_features(T=SIM_T), jax.random.key(6)
+  base = _sim_rollout(b0, keep_outputs=True)
+  flips, _, gamma0 = em.draw_noise(key, feats.shape, 3, 0.1, feats.dtype)
+  p = {"b": b, "w": SIM_W}
+  psi, gamma, state = jnp.zeros((2, 3, 4, 4, 1)), gamma0, net.initial_state(2, 3)
+  for t in range(SIM_T):
+    if t < SIM_T - SIM_S:
+      x = feats[t]
+    elif fed_back == "flow":
+      x = jnp.sum(gamma * psi, axis=1)
+    else:
+      x = jnp.sum(base.gamma[t - 1] * base.psi[t - 1], axis=1)
+    state, psi, _ = net.apply(p, em.masked_input(em.bitflip(x, flips[t]), psi, gamma), state)
+    gamma = base.gamma[t]
+  return em.em_loss(psi, feats[SIM_T], gamma)[0]
+
+
+def test_sim_gradient_false_cuts_the_fed_back_reconstruction():
+  """sim_gradient=False: the gradient of a rollout whose fed-back input sum_k gamma psi is a
+  constant; the forward values are those of sim_gradient=True."""
+  b0 = jnp.float32(0.2)
+  last = lambda b, flow: _sim_rollout(b, sim_gradient=flow).loss[-1]
+  for fed_back in ("constant", "flow"):
+    np.testing.assert_allclose(_unrolled_last_loss(b0, b0, fed_back), last(b0, False), rtol=1e-5)
+  g_cut = jax.grad(last)(b0, False)
+  g_const = jax.grad(_unrolled_last_loss)(b0, b0, "constant")
+  np.testing.assert_allclose(g_cut, g_const, rtol=1e-4)
+
+
+def test_sim_gradient_true_flows_through_the_fed_back_reconstruction():
+  """sim_gradient=True: the gradient also follows sum_k gamma psi back into the steps that
+  produced psi; it matches the written-out rollout and its finite differences (gamma fixed,
+  paper appendix A), and differs from the cut gradient."""
+  b0, h = jnp.float32(0.2), 1e-2
+  last = lambda b, flow: _sim_rollout(b, sim_gradient=flow).loss[-1]
+  g_cut, g_flow = jax.grad(last)(b0, False), jax.grad(last)(b0, True)
+  assert abs(float(g_flow - g_cut)) > 0.05 * abs(float(g_cut))
+  np.testing.assert_allclose(g_flow, jax.grad(_unrolled_last_loss)(b0, b0, "flow"), rtol=1e-4)
+  unrolled = lambda b: _unrolled_last_loss(b, b0, "flow")
+  fd = (unrolled(b0 + h) - unrolled(b0 - h)) / (2 * h)
+  np.testing.assert_allclose(g_flow, fd, rtol=2e-2)
+  # the whole training loss: finite, and the flag changes the gradient of every parameter
+  f = lambda p, flow: em.training_loss(ToyNetwork(), p, _toy_features(T=SIM_T),
+                                       jax.random.key(6), K=3, train_sim_steps=SIM_S,
+                                       sim_gradient=flow)[0]
+  params = {"b": b0, "w": SIM_W}
+  gf, gc = jax.grad(f)(params, True), jax.grad(f)(params, False)
+  for k in params:
+    assert np.isfinite(gf[k]) and not np.isclose(gf[k], gc[k], rtol=1e-3), k
+
+
+def test_train_sim_steps_validation():
+  net, feats, key = ToyNetwork(), _toy_features(T=4), jax.random.key(0)
+  p = {"b": jnp.float32(0.0), "w": jnp.float32(1.0)}
+  for bad in (-1, 4, 9):
+    with pytest.raises(ValueError, match=r"train_sim_steps must be in \[0, T - 1\] = \[0, 3\]"):
+      em.rollout(net, p, feats, key, K=2, train_sim_steps=bad)
+  for bad in (1.5, True):
+    with pytest.raises(ValueError, match="train_sim_steps must be an integer"):
+      em.rollout(net, p, feats, key, K=2, train_sim_steps=bad)
+  with pytest.raises(ValueError, match="num_real_steps .* or train_sim_steps .* not both"):
+    em.rollout(net, p, feats, key, K=2, num_real_steps=2, train_sim_steps=1)
+  em.rollout(net, p, feats, key, K=2, num_real_steps=2, train_sim_steps=0)  # S = 0: allowed
+  em.check_train_sim_steps(4, 3)
+  with pytest.raises(ValueError, match="T = 4"):
+    em.check_train_sim_steps(4, 4)
