@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -42,6 +43,9 @@ METRICS = ("bce_last", "bce_last10", "bce_last_rel", "bce_last10_rel", "relation
            "ari_seq", "ari_last", "confidence_last", "fg_confidence_last",
            "components_used_last", "baseline_bce_last",
            "baseline_relational_bce_last")
+# Object-level rollout curves of balls runs (rnem_jax.objects; rollout.json's "<name>_per_step").
+ROLLOUT_OBJECT_CURVES = ("balls_kept", "position_error_px", "swap_rate")
+
 # Reference curves of rollout.json (data only, the same for every model).
 ROLLOUT_REFERENCES = (("baseline_bce_per_step", "copy last frame"),
                       ("held_bce_per_step", "hold last observed frame"),
@@ -107,7 +111,11 @@ def summarize(workdirs: Sequence[str]) -> dict:
       _check_same(rollouts, name, "rollout.json")
       out["rollout_bce"] = {**_curve_stats([r["bce_per_step"] for r in rollouts]),
                             "num_real_steps": rollouts[0]["num_real_steps"]}
-      for key, _ in ROLLOUT_REFERENCES:   # data only: from any run that has it
+      for curve in ROLLOUT_OBJECT_CURVES:   # balls datasets (rnem_jax.objects)
+        if all(f"{curve}_per_step" in r for r in rollouts):
+          out[f"rollout_{curve}"] = _curve_stats([r[f"{curve}_per_step"] for r in rollouts])
+      for key in [k for k, _ in ROLLOUT_REFERENCES] + [
+          f"held_{c}_per_step" for c in ROLLOUT_OBJECT_CURVES]:   # data only: any run's
         ref = next((r[key] for r in rollouts if key in r), None)
         if ref is not None:
           out.setdefault("rollout_references", {})[key] = ref
@@ -271,10 +279,15 @@ def write_budget_report(records: Sequence[dict], out_dir: str) -> dict:
   return paths
 
 
-def _curve_stats(curves: Sequence[Sequence[float]]) -> dict:
-  c = np.asarray(curves, np.float64)
-  std = c.std(0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1])
-  return {"mean": c.mean(0).tolist(), "std": std.tolist(), "seeds": int(len(c))}
+def _curve_stats(curves: Sequence[Sequence[Optional[float]]]) -> dict:
+  """Per-step mean and std over runs; a step no run could measure (None) stays None."""
+  c = np.asarray([[np.nan if v is None else v for v in curve] for curve in curves], np.float64)
+  with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN steps
+    mean = np.nanmean(c, 0)
+    std = np.nanstd(c, 0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1])
+  none = lambda a: [None if np.isnan(v) else float(v) for v in a]
+  return {"mean": none(mean), "std": none(std), "seeds": int(len(c))}
 
 
 # ---------------------------------------------------------------------------
@@ -282,11 +295,14 @@ def _curve_stats(curves: Sequence[Sequence[float]]) -> dict:
 
 PAPER_MODELS = ("rnem", "rnem_k8", "rnem_noatt", "rnn_em", "lstm", "rnn")
 # then our variants (rnem_jax.config.MODEL_EM), tabulated but left out of the paper's claims
-MODEL_ORDER = PAPER_MODELS + ("rnem_noisy_gamma", "rnn_em_noisy_gamma", "rnem_reference_actions")
+MODEL_ORDER = PAPER_MODELS + ("rnem_noisy_gamma", "rnn_em_noisy_gamma", "rnem_reference_actions",
+                              "rnem_sim", "rnn_em_sim", "lstm_sim", "rnn_sim")
 LABELS = {"rnem": "R-NEM", "rnem_k8": "R-NEM K=8", "rnem_noatt": "R-NEM no att",
           "rnn_em": "RNN-EM", "lstm": "LSTM", "rnn": "RNN",
           "rnem_noisy_gamma": "R-NEM noisy γ", "rnn_em_noisy_gamma": "RNN-EM noisy γ",
-          "rnem_reference_actions": "R-NEM, reference action tiling (A1)"}
+          "rnem_reference_actions": "R-NEM, reference action tiling (A1)",
+          "rnem_sim": "R-NEM sim-trained", "rnn_em_sim": "RNN-EM sim-trained",
+          "lstm_sim": "LSTM sim-trained", "rnn_sim": "RNN sim-trained"}
 
 
 def model_of(name: str) -> str:
@@ -386,6 +402,36 @@ def rollout_table(summary: dict, steps: Sequence[int] = (1, 5, 6, 8, 10, 15)) ->
     if ref:
       rows.append(f"| *{text}* | | " + " | ".join(f"{ref[s - 1]:.0f}" for s in steps) + " |")
   return rows
+
+
+def simulation_table(summary: dict, sim_steps: Sequence[int] = (1, 5, 10)) -> list[str]:
+  """Markdown rows: at simulated steps ``sim_steps`` (1 = the first simulated frame), the rollout
+  BCE, the share of balls still rendered and the position error (px) of those rendered."""
+  names = [n for n in ordered(summary) if "rollout_balls_kept" in summary[n]]
+  if not names:
+    return []
+  n_real = summary[names[0]]["rollout_bce"]["num_real_steps"]
+  n_steps = len(summary[names[0]]["rollout_bce"]["mean"])
+  sim_steps = [s for s in sim_steps if n_real + s <= n_steps]
+  cols = [("BCE", "rollout_bce", 0), ("balls kept", "rollout_balls_kept", 2),
+          ("position error px", "rollout_position_error_px", 1)]
+  head = [f"{what} @ sim {s}" for what, _, _ in cols for s in sim_steps]
+  rows = ["| model | seeds | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
+  for name in names:
+    cells = []
+    for _, key, digits in cols:
+      r = summary[name][key]
+      for s in sim_steps:
+        i = n_real + s - 1
+        stat = None if r["mean"][i] is None else {"mean": r["mean"][i], "std": r["std"][i] or 0.0,
+                                                  "seeds": r["seeds"]}
+        cells.append(_pm(stat, digits))
+    rows.append(f"| {label(name)} | {summary[name]['rollout_bce']['seeds']} | "
+                + " | ".join(cells) + " |")
+  return rows + ["", "Balls kept: the share of true balls whose disc the predicted frame still "
+                 "covers (mean intensity > 0.5); position error: the distance from the true "
+                 "centre of the predicted intensity's centroid near each kept ball "
+                 "(`rnem_jax.objects`)."]
 
 
 def occlusion_table(summary: dict) -> list[str]:
@@ -567,6 +613,9 @@ def summary_markdown(summary: dict, title: str = "CPU reproduction: summary",
   rows = rollout_table(summary)
   if rows:
     lines += ["## Rollout: per-step BCE (5 real + 10 simulated steps)", ""] + rows + [""]
+  rows = simulation_table(summary)
+  if rows:
+    lines += ["## Simulation: what happens to the balls", ""] + rows + [""]
   checked = claims(summary, experiment)
   if not checked:
     return "\n".join(lines) + "\n"

@@ -264,8 +264,37 @@ def rollout_figure(truths: Sequence[np.ndarray], models: dict[str, Sequence[np.n
 ROLLOUT_MATCH = ("dataset", "num_real_steps", "num_sim_steps", "num_sequences")
 
 
+OBJECT_PANELS = (("balls_kept", "balls kept (share)"),
+                 ("position_error_px", "position error (px)"))
+REFERENCE_LINESTYLES = (":", "-.", "--")   # summarize.ROLLOUT_REFERENCES, in order
+
+
+def _rollout_axes(fig: Figure, with_objects: bool):
+  """The BCE axis, and (balls runs) one axis per ``OBJECT_PANELS`` entry beside it."""
+  n = 1 + (len(OBJECT_PANELS) if with_objects else 0)
+  axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+  labels = ["BCE (summed over pixels)"] + [text for _, text in OBJECT_PANELS]
+  for ax, ylabel in zip(axes, labels):
+    ax.set_xlabel("predicted frame")
+    ax.set_ylabel(ylabel)
+  return axes
+
+
+def _mark_simulated(axes, n_real: int) -> None:
+  for ax in axes:
+    ax.axvline(n_real + 0.5, color="k", ls="--", lw=0.8)
+  axes[0].text(n_real + 0.6, axes[0].get_ylim()[1], " simulated", va="top", fontsize=8)
+
+
+def _curve(values) -> np.ndarray:
+  """A per-step list with None (nothing measured) as NaN (a gap in the plot)."""
+  return np.asarray([np.nan if v is None else v for v in values], np.float64)
+
+
 def rollout_bce_figure(records: dict[str, dict], title: str = "") -> Figure:
-  """Paper Figure 4 (right): per-step rollout BCE of several models (``rollout.json`` records).
+  """Paper Figure 4 (right): per-step rollout BCE of several models (``rollout.json`` records),
+  with every data-only reference curve the records hold and, for balls datasets, the balls
+  kept and their position error per step (``rnem_jax.objects``).
 
   Raises ValueError if the records were not made on the same test set with the
   same numbers of real and simulated steps.
@@ -273,20 +302,29 @@ def rollout_bce_figure(records: dict[str, dict], title: str = "") -> Figure:
   _check_same(records, ROLLOUT_MATCH, "rollout curves")
   first = next(iter(records.values()))
   n_real = first["num_real_steps"]
-  fig = Figure(figsize=(5.5, 3.6), dpi=100)
-  ax = fig.add_subplot()
+  with_objects = all("balls_kept_per_step" in r for r in records.values())
+  fig = Figure(figsize=(5.5 * (3 if with_objects else 1), 3.6), dpi=100)
+  axes = _rollout_axes(fig, with_objects)
   for name, rec in records.items():
     y = rec["bce_per_step"]
-    ax.plot(np.arange(1, len(y) + 1), y, marker="o", ms=3, label=name)
-  base = first["baseline_bce_per_step"]
-  ax.plot(np.arange(1, len(base) + 1), base, ls=":", color="grey", label="copy last frame")
-  ax.axvline(n_real + 0.5, color="k", ls="--", lw=0.8)
-  ax.text(n_real + 0.6, ax.get_ylim()[1], " simulated", va="top", fontsize=8)
-  ax.set_xlabel("predicted frame")
-  ax.set_ylabel("BCE (summed over pixels)")
-  ax.set_title(title or f"rollout on {first['dataset']} ({first['num_sequences']} sequences)",
-               fontsize=9)
-  ax.legend(fontsize=8)
+    x = np.arange(1, len(y) + 1)
+    axes[0].plot(x, y, marker="o", ms=3, label=name)
+    for ax, (key, _) in zip(axes[1:], OBJECT_PANELS):
+      ax.plot(x, _curve(rec[f"{key}_per_step"]), marker="o", ms=3, label=name)
+  from rnem_jax.summarize import ROLLOUT_REFERENCES
+  for (key, text), ls in zip(ROLLOUT_REFERENCES, REFERENCE_LINESTYLES):
+    if key in first:
+      axes[0].plot(np.arange(1, len(first[key]) + 1), first[key], ls=ls, color="grey", lw=1,
+                   label=text)
+  for ax, (key, _) in zip(axes[1:], OBJECT_PANELS):
+    if f"held_{key}_per_step" in first:
+      held = _curve(first[f"held_{key}_per_step"])
+      ax.plot(np.arange(1, len(held) + 1), held, ls="-.", color="grey", lw=1,
+              label="hold last observed frame")
+  _mark_simulated(axes, n_real)
+  axes[0].set_title(title or f"rollout on {first['dataset']} ({first['num_sequences']} "
+                    "sequences)", fontsize=9)
+  axes[0].legend(fontsize=8)
   fig.tight_layout()
   return fig
 
@@ -422,33 +460,39 @@ def figure3_summary(summary: dict, suffix: str = "last", test_set: str = "4 ball
 
 
 def rollout_summary_figure(summary: dict) -> Figure:
-  """Paper Figure 4 (right) from a seed summary: mean per-step rollout BCE, ±std bands,
-  and the data-only reference curves (copy last frame, hold last observed frame, empty)."""
+  """Paper Figure 4 (right) from a seed summary: mean per-step rollout BCE, ±std bands, the
+  data-only reference curves (copy last frame, hold last observed frame, empty) and, where the
+  runs have them, the balls kept and their position error per step."""
   from rnem_jax import summarize as summ
 
   names = [n for n in summ.ordered(summary) if "rollout_bce" in summary[n]]
   if not names:
     raise ValueError("no run in the summary has a rollout")
+  with_objects = all(f"rollout_{key}" in summary[n] for n in names for key, _ in OBJECT_PANELS)
   colours = component_colours(len(names))
-  fig = Figure(figsize=(6, 3.8), dpi=100)
-  ax = fig.add_subplot()
+  fig = Figure(figsize=(6 * (3 if with_objects else 1), 3.8), dpi=100)
+  axes = _rollout_axes(fig, with_objects)
+  keys = ["rollout_bce"] + [f"rollout_{key}" for key, _ in OBJECT_PANELS[:len(axes) - 1]]
   for j, name in enumerate(names):
-    r = summary[name]["rollout_bce"]
-    m, sd = np.asarray(r["mean"]), np.asarray(r["std"])
-    x = np.arange(1, len(m) + 1)
-    ax.plot(x, m, marker="o", ms=3, color=colours[j],
-            label=f"{summ.label(name)} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})")
-    ax.fill_between(x, m - sd, m + sd, color=colours[j], alpha=0.2, lw=0)
+    for ax, key in zip(axes, keys):
+      r = summary[name][key]
+      m, sd = _curve(r["mean"]), np.nan_to_num(_curve(r["std"]))
+      x = np.arange(1, len(m) + 1)
+      ax.plot(x, m, marker="o", ms=3, color=colours[j],
+              label=f"{summ.label(name)} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})")
+      ax.fill_between(x, m - sd, m + sd, color=colours[j], alpha=0.2, lw=0)
   refs = summ.rollout_references(summary)
-  for (key, text), ls in zip(summ.ROLLOUT_REFERENCES, (":", "-.", "--")):
+  for (key, text), ls in zip(summ.ROLLOUT_REFERENCES, REFERENCE_LINESTYLES):
     if key in refs:
-      ax.plot(np.arange(1, len(refs[key]) + 1), refs[key], ls=ls, color="grey", lw=1, label=text)
-  n_real = summary[names[0]]["rollout_bce"]["num_real_steps"]
-  ax.axvline(n_real + 0.5, color="k", ls="--", lw=0.8)
-  ax.text(n_real + 0.6, ax.get_ylim()[1], " simulated", va="top", fontsize=8)
-  ax.set_xlabel("predicted frame")
-  ax.set_ylabel("BCE (summed over pixels)")
-  ax.legend(fontsize=7)
+      axes[0].plot(np.arange(1, len(refs[key]) + 1), refs[key], ls=ls, color="grey", lw=1,
+                   label=text)
+  for ax, (key, _) in zip(axes[1:], OBJECT_PANELS):
+    held = refs.get(f"held_{key}_per_step")
+    if held is not None:
+      ax.plot(np.arange(1, len(held) + 1), _curve(held), ls="-.", color="grey", lw=1,
+              label="hold last observed frame")
+  _mark_simulated(axes, summary[names[0]]["rollout_bce"]["num_real_steps"])
+  axes[0].legend(fontsize=7)
   fig.tight_layout()
   return fig
 

@@ -324,3 +324,28 @@ def test_cli_pools_an_earlier_summary(tmp_path):
   assert pooled["rnem_cpu"]["bce_last"]["std"] == pytest.approx(np.std([90, 100], ddof=1))
   with pytest.raises(SystemExit):
     summarize.main([f"--runs={b}", f"--pool={tmp_path / 'missing.json'}", f"--out={out}"])
+
+
+def test_object_curves_pool_over_seeds_and_steps_nothing_measured_stay_empty(tmp_path):
+  """rollout.json's balls kept / position error per step: mean and std over the seeds that
+  measured each step (None: no ball kept, nothing to measure); a table at simulated steps."""
+  runs = []
+  for seed, (kept, err) in enumerate([([1.0, 0.5, 0.0], [1.0, 3.0, None]),
+                                      ([1.0, 0.25, 0.0], [2.0, 5.0, None])]):
+    runs.append(_run(tmp_path / f"r{seed}", "rnem_sim_cpu", {"bce_last": 90.0},
+                     rollout=[10.0, 20.0, 30.0]))
+    rec = json.loads((tmp_path / f"r{seed}" / "rollout.json").read_text())
+    rec.update(balls_kept_per_step=kept, position_error_px_per_step=err,
+               swap_rate_per_step=[None, 0.0, 0.0], held_balls_kept_per_step=[1.0, 0.5, 0.5])
+    (tmp_path / f"r{seed}" / "rollout.json").write_text(json.dumps(rec))
+  s = summarize.summarize(runs)["rnem_sim_cpu"]
+  assert s["rollout_balls_kept"]["mean"] == [1.0, 0.375, 0.0]
+  assert s["rollout_position_error_px"]["mean"][:2] == [1.5, 4.0]
+  assert s["rollout_position_error_px"]["mean"][2] is None
+  assert s["rollout_position_error_px"]["std"][1] == pytest.approx(np.std([3, 5], ddof=1))
+  assert s["rollout_references"]["held_balls_kept_per_step"] == [1.0, 0.5, 0.5]
+  table = summarize.simulation_table({"rnem_sim_cpu": s}, sim_steps=(1,))
+  assert table[2] == "| R-NEM sim-trained | 2 | 30 ± 0 | 0.00 ± 0.00 | – |"
+  from rnem_jax import visualize
+  fig = visualize.rollout_summary_figure({"rnem_sim_cpu": s})
+  assert len(fig.axes) == 3
