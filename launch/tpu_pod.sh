@@ -67,7 +67,7 @@ case "$CMD" in
         $PY -m pip install -q --upgrade pip; fi; \
       stamp=\"\$(sha256sum $REPO_DIR/pyproject.toml | cut -d' ' -f1) tpu\"; \
       if [ \"\$(cat $STAMP 2>/dev/null)\" != \"\$stamp\" ]; then \
-        $PY -m pip install -q -e \"$REPO_DIR[tpu]\" && echo \"\$stamp\" > $STAMP; \
+        $PY -m pip install -q -e \"$REPO_DIR[tpu,atari]\" && echo \"\$stamp\" > $STAMP; \
       else echo \"rnem_jax[tpu] already installed in $VENV\"; fi"
     ;;
   all)    # datasets, then training, evaluation and rollout on every worker, then figures

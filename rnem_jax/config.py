@@ -68,6 +68,48 @@ MODEL_TRAIN_SIM = {"rnem_sim": 0.5, "rnn_em_sim": 0.5, "rnn_sim": 0.5, "lstm_sim
 SIM_GRADIENT = False
 SCALES = ("paper", "small", "cpu", "tiny")
 
+# The models of the paper (§4), in the order its tables and figures use; every model's label in
+# reports, in report order: the paper's models, then our variants (left out of its claims).
+PAPER_MODELS = ("rnem", "rnem_k8", "rnem_noatt", "rnn_em", "lstm", "rnn")
+MODEL_LABELS = {"rnem": "R-NEM", "rnem_k8": "R-NEM K=8", "rnem_noatt": "R-NEM no att",
+                "rnn_em": "RNN-EM", "lstm": "LSTM", "rnn": "RNN",
+                "rnem_noisy_gamma": "R-NEM noisy γ", "rnn_em_noisy_gamma": "RNN-EM noisy γ",
+                "rnem_reference_actions": "R-NEM, reference action tiling (A1)",
+                "rnem_sim": "R-NEM sim-trained", "rnn_em_sim": "RNN-EM sim-trained",
+                "lstm_sim": "LSTM sim-trained", "rnn_sim": "RNN sim-trained"}
+# The data-only reference curves of rollout.json (the same for every model) and their labels.
+ROLLOUT_REFERENCES = (("baseline_bce_per_step", "copy last frame"),
+                      ("held_bce_per_step", "hold last observed frame"),
+                      ("blank_bce_per_step", "empty frame"))
+
+
+def model_of(name: str) -> str:
+  """A run's config name -> its model: ``"rnem_k8_cpu"`` -> ``"rnem_k8"`` (config names are
+  ``<model>_<scale>``)."""
+  return name.rsplit("_", 1)[0] if "_" in name else name
+
+
+def model_rank(name: str) -> int:
+  """Position of config ``name``'s model in report order (unknown models last)."""
+  order = list(MODEL_LABELS)
+  return order.index(model_of(name)) if model_of(name) in order else len(order)
+
+
+def is_mixture(name: str) -> bool:
+  """Whether config ``name``'s model is a mixture (K > 1 components, so a grouping and an ARI);
+  RNN and LSTM and their variants are K = 1."""
+  return MODELS.get(model_of(name), (None, 2))[1] > 1
+
+
+def label(name: str) -> str:
+  """Config ``name``'s model as reports write it."""
+  return MODEL_LABELS.get(model_of(name), name)
+
+
+def in_report_order(names) -> list[str]:
+  """Config names sorted in report order (unknown models last)."""
+  return sorted(names, key=lambda n: (model_rank(n), n))
+
 
 def parse_variant(variant: str) -> tuple[str, str]:
   """``"rnn_em,small"`` -> ``("rnn_em", "small")``; missing parts take the defaults."""

@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from rnem_jax import data, em, metrics, objects
 from rnem_jax.checkpoints import CheckpointError, Checkpoints, workdir_path
 from rnem_jax.model import build_network, init_params
+from rnem_jax.provenance import provenance
 from rnem_jax.train import (check_compatible, check_data_fits_model,
                             create_train_state, em_options, make_mesh, make_optimizer, pad_batch,
                             replicate, shard_batch)
@@ -260,7 +261,9 @@ def run_metrics(config, params, network, mesh, *, dataset: str, split: str, K: i
 
 def _write_json(path, record: dict) -> None:
   """Writes ``record`` to ``path`` (an ``epath.Path``, local or ``gs://``), atomically where the
-  filesystem renames (process 0 only; every process computed the same numbers)."""
+  filesystem renames (process 0 only; every process computed the same numbers), with the
+  code's provenance (git revision, package versions)."""
+  record["provenance"] = provenance()   # the caller's record is the file's
   if jax.process_index() == 0:
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))

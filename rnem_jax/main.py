@@ -5,15 +5,19 @@
 
 ``train`` resumes from ``DIR`` if it holds a checkpoint; ``eval`` writes
 ``DIR/metrics.json`` (and the extrapolation test set's metrics when the config
-names one); ``rollout`` writes ``DIR/rollout.json``; ``all`` does the three; ``visualize``
+names one); ``rollout`` writes ``DIR/rollout.json``; ``all`` does the three, draws the
+figures and ends with a summary of the numbers and where the files are; ``visualize``
 draws the paper's figures and GIFs into ``DIR/figures``; ``rollout_ablation``
 writes ``DIR/rollout_ablation.json`` (the simulation with each of its two
 changes alone); ``occlusion`` writes ``DIR/occlusion.json`` (object permanence on
-a curtain dataset; ``all`` includes it for curtain configs).
+a curtain dataset; ``all`` includes it for curtain configs). Without ``--config``, every mode
+but ``train`` reads ``DIR/config.json``. Config paths are found from any working directory.
 """
 
+import json
 import logging as py_logging
 import os
+import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -38,14 +42,94 @@ flags.DEFINE_integer("process_id", None, "This process's index (with --distribut
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume a run whose config changed in fields that change the training (learning "
                   "rate, seed, batch, K, T, ...; budgets, logging and evaluation may always change).")
+flags.DEFINE_bool("figures", True, "With --mode=all: draw the figures and GIFs into "
+                  "DIR/figures at the end (as --mode=visualize does).")
+
+# The repository root: config paths are also looked up here, so the commands work from any
+# working directory.
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _config_help() -> str:
+  from rnem_jax.config import MODELS, SCALES
+  return ("Experiment config: configs/<experiment>.py[:<model>[,<scale>]] (relative to the "
+          "working directory or the repository). Experiments: "
+          f"{', '.join(p.stem for p in sorted((REPO / 'configs').glob('*.py')))}; models: "
+          f"{', '.join(MODELS)}; scales: {', '.join(SCALES)} (not every experiment has every "
+          "scale; see each config file's docstring). Without --config, modes other than train "
+          "read DIR/config.json, the config the run was trained with.")
+
+
+DEFAULT_CONFIG = "configs/balls.py:small"
 config_flags.DEFINE_config_file(
-    "config", "configs/balls.py:small", "Experiment config file (see configs/).", lock_config=True)
+    "config", DEFAULT_CONFIG if os.path.exists("configs/balls.py") else str(REPO / DEFAULT_CONFIG),
+    _config_help(), lock_config=True)
 FLAGS = flags.FLAGS
+
+# What each headline metric means (the end-of-run summary of --mode=all).
+MEANINGS = {
+    "bce_last": "prediction loss of the last frame, nats summed over pixels (lower is better)",
+    "bce_last_rel": "the same over the copy-last-frame baseline's (below 1 beats copying)",
+    "relational_bce_last": "the loss on pixels where balls are near each other (interactions)",
+    "ari_last": "grouping of pixels into objects against the true balls (1 = perfect, 0 = "
+                "chance)",
+}
+
+
+class _BackgroundNoise(py_logging.Filter):
+  """Drops the reports of orbax's and asyncio's background tasks about an error the main thread
+  raises itself (a full disk, a damaged checkpoint): one line on stderr, not hundreds."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno < py_logging.ERROR:
+      return True
+    text = str(record.msg)
+    return not (record.name == "asyncio" or "/orbax/" in record.pathname
+                or "never retrieved" in text)
+
+
+def _quiet_background_errors() -> None:
+  """Background threads of the checkpoint library print their own tracebacks of the error that
+  the main thread reports in one line; RNEM_TRACEBACK=1 keeps everything."""
+  if os.environ.get("RNEM_TRACEBACK"):
+    return
+  for handler in py_logging.getLogger().handlers:
+    handler.addFilter(_BackgroundNoise())
+  py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
+  sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
+
+
+class _DropClosedLoopTracebacks:
+  """stderr without the tracebacks ending in "RuntimeError: Event loop is closed" that the
+  checkpoint library's storage callbacks print (from C, past every hook) when an event loop
+  that stopped on an error (a full disk) is called back; everything else passes unchanged."""
+
+  def __init__(self, stream):
+    self._stream, self._held = stream, []
+
+  def write(self, text: str) -> int:
+    if not self._held and not text.startswith("Traceback (most recent call last)"):
+      return self._stream.write(text)
+    self._held.append(text)
+    block = "".join(self._held)
+    last = block.rstrip("\n").split("\n")[-1]
+    if block.endswith("\n") and last and not last.startswith((" ", "Traceback")):
+      self._held = []
+      if last != "RuntimeError: Event loop is closed":
+        self._stream.write(block)
+    return len(text)
+
+  def flush(self) -> None:
+    self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _quiet_background_errors()
   from rnem_jax import data, host_memory
 
   # Before the first computation: XLA:CPU's per-call buffers are then reused, not page-faulted
@@ -57,6 +141,11 @@ def main(argv):
   py_logging.getLogger("rnem_jax").setLevel(py_logging.INFO)
   import jax
 
+  # A persistent compilation cache: a resumed or repeated run skips XLA's compilation.
+  # JAX_COMPILATION_CACHE_DIR (jax's own variable) wins; RNEM_COMPILATION_CACHE=off disables.
+  cache = os.environ.get("RNEM_COMPILATION_CACHE", "~/.cache/rnem_jax/xla")
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR") and cache != "off":
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
   if FLAGS.distributed:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   host_memory.for_backend(jax.default_backend())
@@ -70,7 +159,7 @@ def main(argv):
   except train.Preempted as e:
     print(f"{e}", file=sys.stderr)
     sys.exit(128 + e.signum)
-  except (ValueError, OSError, data.DatasetError, checkpoints.CheckpointError,
+  except (ValueError, OSError, ImportError, data.DatasetError, checkpoints.CheckpointError,
           checkpoints.WorkdirBusyError, FloatingPointError) as e:
     # A user's mistake or a fault (config, paths, data, disk, divergence): one line, no
     # traceback (RNEM_TRACEBACK=1 shows it).
@@ -79,12 +168,61 @@ def main(argv):
     sys.exit("error: " + " ".join(str(e).split()))
 
 
+def _run_config():
+  """``--config`` as given; without it (and a workdir that holds a run), the run's own
+  ``config.json`` with the ``--config.<field>`` overrides applied."""
+  stored = pathlib.Path(FLAGS.workdir) / "config.json"
+  if FLAGS["config"].present or FLAGS.mode == "train" or not stored.exists():
+    return FLAGS.config
+  import ml_collections
+
+  fields = json.loads(stored.read_text())
+  fields.pop("provenance", None)
+  config = ml_collections.ConfigDict(fields)
+  for dotted, value in config_flags.get_override_values(FLAGS["config"]).items():
+    *path, name = dotted.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    node[name] = value
+  config.lock()
+  py_logging.getLogger("rnem_jax.main").info("config: %s (the run's own)", stored)
+  return config
+
+
+def _report(config, workdir, figures) -> None:
+  """The end of --mode=all: the headline numbers, each with its meaning, and where the files
+  are."""
+  wd = pathlib.Path(workdir)
+  lines = [f"done: {config.name} in {wd}"]
+  metrics = json.loads((wd / "metrics.json").read_text())
+  for key, meaning in MEANINGS.items():
+    if metrics.get(key) is not None:
+      lines.append(f"  {key:<20} {metrics[key]:10.3f}  {meaning}")
+  rollout = wd / "rollout.json"
+  if rollout.exists():
+    r = json.loads(rollout.read_text())
+    n = r["num_real_steps"]
+    lines.append(f"  rollout BCE: {r['bce_per_step'][n - 1]:.1f} at the last observed step, "
+                 f"{r['bce_per_step'][-1]:.1f} after {r['num_sim_steps']} simulated steps "
+                 f"(copying the last frame: {r['baseline_bce_per_step'][-1]:.1f})")
+    if r.get("balls_kept_per_step"):
+      kept = r["balls_kept_per_step"][-1]
+      lines.append(f"  balls still rendered after the simulated steps: "
+                   f"{'–' if kept is None else f'{kept:.0%}'}")
+  outputs = sorted(p.name for p in wd.glob("*.json"))
+  lines.append(f"  outputs: {wd}/{{{','.join(outputs)}}}, train_log.jsonl, tensorboard/")
+  if figures:
+    lines.append(f"  figures: {wd / 'figures'}")
+  print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 def run(signals):
   import jax
 
   from rnem_jax import evaluate, host_memory, train, visualize
 
-  config = FLAGS.config
+  config = _run_config()
   log = py_logging.getLogger("rnem_jax.main")
   log.info("JAX %s on %d process(es), %d %s device(s); freed host memory %s", jax.__version__,
            jax.process_count(), jax.device_count(), jax.default_backend(),
@@ -112,15 +250,31 @@ def run(signals):
     record = evaluate.rollout_ablation(config, FLAGS.workdir)
     for name, curve in record["bce_per_step"].items():
       log.info("rollout BCE per step (%s): %s", name, [round(x, 1) for x in curve])
-  if FLAGS.mode == "visualize":
+  if FLAGS.mode == "visualize" or (FLAGS.mode == "all" and FLAGS.figures):
     visualize.render_run(config, FLAGS.workdir)
+  if FLAGS.mode == "all" and jax.process_index() == 0:
+    _report(config, FLAGS.workdir, FLAGS.figures)
+
+
+def _find_configs(argv):
+  """``--config=<path>[:variant]`` with a path that is not under the working directory but is
+  under the repository, made absolute (also the default's)."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config="):
+      path, sep, variant = arg[len("--config="):].partition(":")
+      if not os.path.exists(path) and (REPO / path).exists():
+        arg = f"--config={REPO / path}{sep}{variant}"
+    out.append(arg)
+  return out
 
 
 def parse_flags(argv):
   """absl's flag parsing, with config errors (an unknown field, a value of the wrong type, a
-  missing config file) as one line instead of a traceback."""
+  missing config file) as one line instead of a traceback; config paths found from any
+  working directory."""
   try:
-    return FLAGS(argv)
+    return FLAGS(_find_configs(argv))
   except flags.Error as e:
     # ml_collections puts a config file's traceback into the message: its last line says it.
     lines = [line for line in str(e).splitlines() if line.strip()]

@@ -38,6 +38,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rnem_jax.config import (MODEL_LABELS, PAPER_MODELS, ROLLOUT_REFERENCES, in_report_order,
+                             is_mixture, label, model_of, model_rank)
+
 METRICS = ("bce_last", "bce_last10", "bce_last_rel", "bce_last10_rel", "relational_bce_last",
            "relational_bce_last10", "relational_bce_last_rel", "relational_bce_last10_rel",
            "ari_seq", "ari_last", "confidence_last", "fg_confidence_last",
@@ -46,10 +49,6 @@ METRICS = ("bce_last", "bce_last10", "bce_last_rel", "bce_last10_rel", "relation
 # Object-level rollout curves of balls runs (rnem_jax.objects; rollout.json's "<name>_per_step").
 ROLLOUT_OBJECT_CURVES = ("balls_kept", "position_error_px", "swap_rate")
 
-# Reference curves of rollout.json (data only, the same for every model).
-ROLLOUT_REFERENCES = (("baseline_bce_per_step", "copy last frame"),
-                      ("held_bce_per_step", "hold last observed frame"),
-                      ("blank_bce_per_step", "empty frame"))
 FILES = (("metrics.json", ""), ("metrics_extrapolation.json", "_678"))
 # occlusion.json (curtain runs; rnem_jax.evaluate.occlusion): object permanence.
 OCCLUSION_METRICS = ("visible_prob", "hidden_partial_prob", "hidden_full_prob",
@@ -293,41 +292,9 @@ def _curve_stats(curves: Sequence[Sequence[Optional[float]]]) -> dict:
 # ---------------------------------------------------------------------------
 # The report: tables and the paper's claims (paper §4; REFERENCE §8).
 
-PAPER_MODELS = ("rnem", "rnem_k8", "rnem_noatt", "rnn_em", "lstm", "rnn")
-# then our variants (rnem_jax.config.MODEL_EM), tabulated but left out of the paper's claims
-MODEL_ORDER = PAPER_MODELS + ("rnem_noisy_gamma", "rnn_em_noisy_gamma", "rnem_reference_actions",
-                              "rnem_sim", "rnn_em_sim", "lstm_sim", "rnn_sim")
-LABELS = {"rnem": "R-NEM", "rnem_k8": "R-NEM K=8", "rnem_noatt": "R-NEM no att",
-          "rnn_em": "RNN-EM", "lstm": "LSTM", "rnn": "RNN",
-          "rnem_noisy_gamma": "R-NEM noisy γ", "rnn_em_noisy_gamma": "RNN-EM noisy γ",
-          "rnem_reference_actions": "R-NEM, reference action tiling (A1)",
-          "rnem_sim": "R-NEM sim-trained", "rnn_em_sim": "RNN-EM sim-trained",
-          "lstm_sim": "LSTM sim-trained", "rnn_sim": "RNN sim-trained"}
-
-
-def model_of(name: str) -> str:
-  """``"rnem_k8_cpu"`` -> ``"rnem_k8"`` (config names are ``<model>_<scale>``)."""
-  return name.rsplit("_", 1)[0] if "_" in name else name
-
-
-def model_rank(name: str) -> int:
-  """Position of config ``name``'s model in the paper's order (unknown models last)."""
-  return MODEL_ORDER.index(model_of(name)) if model_of(name) in MODEL_ORDER else len(MODEL_ORDER)
-
-
-def is_mixture(name: str) -> bool:
-  """Whether config ``name``'s model is a mixture (K components, so an ARI); RNN and LSTM
-  are K=1."""
-  return model_of(name) not in ("rnn", "lstm")
-
-
 def ordered(summary: dict) -> list[str]:
-  """Config names of ``summary`` in the paper's model order (unknown models last)."""
-  return sorted(summary, key=lambda n: (model_rank(n), n))
-
-
-def label(name: str) -> str:
-  return LABELS.get(model_of(name), name)
+  """Config names of ``summary`` in report order (unknown models last)."""
+  return in_report_order(summary)
 
 
 def _pm(stat: Optional[dict], digits: int = 1) -> str:
@@ -484,7 +451,7 @@ def _compare(summary: dict, better: str, worse: str, metric: str) -> Optional[tu
     strength = f"gap {gap:+.3g} = {gap / spread:+.1f}σ"
   else:
     strength = f"gap {gap:+.3g} (no spread: 1 seed)"
-  return gap > 0, (f"{LABELS[better]} {_pm(ma, 3)} vs {LABELS[worse]} {_pm(mb, 3)}; {strength}")
+  return gap > 0, (f"{MODEL_LABELS[better]} {_pm(ma, 3)} vs {MODEL_LABELS[worse]} {_pm(mb, 3)}; {strength}")
 
 
 EXPERIMENTS = {"bouncing_balls": "balls", "curtain": "curtain", "space_invaders": "atari"}
@@ -514,83 +481,127 @@ def experiment_of(workdirs: Sequence[str]) -> str:
   return kinds.pop() if kinds else "balls"
 
 
-def claims(summary: dict, experiment: str = "balls") -> list[tuple[str, Optional[bool], str]]:
-  """The paper's claims for ``experiment`` (``experiment_of``), each
-  ``(claim, holds (None = not run), evidence)``. Space Invaders' claim is visual only (no
-  ground-truth groups), so it has none here."""
-  if experiment == "curtain":
-    return curtain_claims(summary)
-  if experiment != "balls":
-    return []
-  out = []
+# The paper's claims (§4) as data, per experiment: (kind, arguments). Kinds:
+#   lower: (better, worse, metric)            better's mean metric < worse's
+#   at_least: (model, metric, threshold, text) model's mean metric >= threshold
+#   degrades_most: (model, metric_4, metric_678) the largest ratio 6-8 balls / 4 balls
+#   rollout: (better, worse)                  lower rollout BCE at every simulated step
+#   kept: (better, worse, step)               more balls kept at simulated step `step`
+#   ratio_to_paper: (better, worse, metric, i) lower, with our ratio beside the paper's
+# The claim's text is derived from its kind; claim numbers follow docs/reproduction.md.
+CLAIMS = {
+    "balls": (
+        *[("lower", "1. 4 balls", ("rnem", other, metric))
+          for other in ("rnn_em", "lstm", "rnn")
+          for metric in ("bce_last_rel", "relational_bce_last_rel")],
+        ("at_least", "2.", ("rnem", "ari_last", 0.75, "R-NEM (K=5) ARI last ≈ 0.8 (≥ 0.75)")),
+        ("higher", "2.", ("rnem_k8", "rnem", "ari_last")),
+        ("lower", "2.", ("rnem_k8", "rnem", "relational_bce_last_rel")),
+        *[("lower", "3. 6-8 balls", ("rnem", other, "bce_last_rel_678"))
+          for other in ("rnn_em", "lstm", "rnn", "rnem_noatt")],
+        ("degrades_most", "3.", ("lstm", "bce_last_rel", "bce_last_rel_678")),
+        *[("rollout", "4.", pair) for pair in (("rnem", "rnn_em"), ("rnn_em", "rnn"),
+                                              ("rnem", "rnn"))],
+        # simulation-trained variants (issue: simulation that holds its objects)
+        *[("kept", "4. sim-trained", (better, worse, step))
+          for better, worse in (("rnem_sim", "rnn_em_sim"), ("rnem_sim", "rnn_sim"))
+          for step in (1, 5, 10)],
+    ),
+    "curtain": (
+        *[("ratio_to_paper", "5. curtain", (better, worse, metric, i))
+          for better, worse in (("rnem", "lstm"), ("lstm", "rnn"), ("rnem", "rnn"))
+          for i, metric in enumerate(("bce_last_rel", "relational_bce_last_rel"))],
+        # object permanence (occlusion.json): higher is better
+        *[("higher", "5. curtain", ("rnem", other, metric, what))
+          for other in ("lstm", "rnn")
+          for metric, what in (("hidden_partial_prob", "completes partly hidden balls"),
+                               ("hidden_full_prob", "keeps drawing fully hidden balls"),
+                               ("reappearing_prob", "predicts where hidden balls come out"))],
+    ),
+}
+METRIC_WORDS = {"bce_last_rel": "BCE/baseline", "relational_bce_last_rel":
+                "relational BCE/baseline", "bce_last_rel_678": "BCE/baseline",
+                "ari_last": "ARI last"}
+CURTAIN_WORDS = {"bce_last_rel": "BCE", "relational_bce_last_rel": "relational BCE"}
 
-  def lower(claim, better, worse, metric):
+
+def _check(summary: dict, kind: str, prefix: str, args: tuple) -> tuple[str, Optional[bool], str]:
+  """One claim of ``CLAIMS``: ``(text, holds (None = not run), evidence)``."""
+  L = MODEL_LABELS
+  if kind in ("lower", "higher") and prefix.startswith("5."):
+    better, other, metric, what = args
+    text = f"{prefix}: {L[better]} {what} more than {L[other]}"
+    c = _compare(summary, other, better, metric)
+  elif kind == "lower":
+    better, worse, metric = args
+    subject = "R-NEM K=8" if better == "rnem_k8" else L[better]
+    text = (f"{prefix}: {subject} {METRIC_WORDS[metric]} < {L[worse]}"
+            if prefix != "2." else f"2. {subject} {METRIC_WORDS[metric]} < R-NEM K=5")
     c = _compare(summary, better, worse, metric)
-    out.append((claim, None, "not run") if c is None else (claim, c[0], c[1]))
-
-  for other in ("rnn_em", "lstm", "rnn"):
-    lower(f"1. 4 balls: R-NEM BCE/baseline < {LABELS[other]}", "rnem", other, "bce_last_rel")
-    lower(f"1. 4 balls: R-NEM relational BCE/baseline < {LABELS[other]}", "rnem", other,
-          "relational_bce_last_rel")
-  r = _find(summary, "rnem")
-  if r and "ari_last" in r:
-    ok = r["ari_last"]["mean"] >= 0.75
-    out.append(("2. R-NEM (K=5) ARI last ≈ 0.8 (≥ 0.75)", ok, f"R-NEM {_pm(r['ari_last'], 3)}"))
-  c = _compare(summary, "rnem", "rnem_k8", "ari_last")   # K=5 lower ARI is the claim
-  out.append(("2. R-NEM K=8 ARI last > R-NEM K=5", None, "not run") if c is None else
-             ("2. R-NEM K=8 ARI last > R-NEM K=5", c[0], c[1]))
-  lower("2. R-NEM K=8 relational BCE/baseline < R-NEM K=5", "rnem_k8", "rnem",
-        "relational_bce_last_rel")
-  for other in ("rnn_em", "lstm", "rnn", "rnem_noatt"):
-    lower(f"3. 6-8 balls: R-NEM BCE/baseline < {LABELS[other]}", "rnem", other,
-          "bce_last_rel_678")
-  degr = {m: s["bce_last_rel_678"]["mean"] / s["bce_last_rel"]["mean"]
-          for m, s in ((m, _find(summary, m)) for m in PAPER_MODELS)
-          if s and "bce_last_rel_678" in s and "bce_last_rel" in s}
-  if "lstm" in degr and len(degr) > 1:
-    worst = max(degr, key=degr.get)
-    out.append(("3. LSTM degrades most from 4 to 6-8 balls (BCE/baseline ratio 6-8 ÷ 4)",
-                worst == "lstm", ", ".join(f"{LABELS[m]} {v:.2f}" for m, v in degr.items())))
-  for better, worse in (("rnem", "rnn_em"), ("rnn_em", "rnn"), ("rnem", "rnn")):
+  elif kind == "higher":
+    better, worse, metric = args
+    text = f"2. R-NEM K=8 {METRIC_WORDS[metric]} > R-NEM K=5"
+    c = _compare(summary, worse, better, metric)
+  elif kind == "ratio_to_paper":
+    better, worse, metric, i = args
+    text = f"{prefix}: {L[better]} {CURTAIN_WORDS[metric]} < {L[worse]}"
+    c = _compare(summary, better, worse, metric)
+    if c is not None:
+      ours = _find(summary, better)[metric]["mean"] / _find(summary, worse)[metric]["mean"]
+      paper = PAPER_CURTAIN[better][i] / PAPER_CURTAIN[worse][i]
+      c = (c[0], f"{c[1]}; ratio {ours:.2f} (paper {paper:.2f})")
+  elif kind == "at_least":
+    model, metric, threshold, text = args
+    text = f"{prefix} {text}"
+    r = _find(summary, model)
+    c = None if not r or metric not in r else (
+        r[metric]["mean"] >= threshold, f"{L[model]} {_pm(r[metric], 3)}")
+  elif kind == "degrades_most":
+    model, m4, m678 = args
+    text = f"{prefix} LSTM degrades most from 4 to 6-8 balls (BCE/baseline ratio 6-8 ÷ 4)"
+    degr = {m: s[m678]["mean"] / s[m4]["mean"]
+            for m, s in ((m, _find(summary, m)) for m in PAPER_MODELS)
+            if s and m678 in s and m4 in s}
+    c = None if model not in degr or len(degr) < 2 else (
+        max(degr, key=degr.get) == model,
+        ", ".join(f"{L[m]} {v:.2f}" for m, v in degr.items()))
+  elif kind == "rollout":
+    better, worse = args
     a, b = _find(summary, better), _find(summary, worse)
     if not a or not b or "rollout_bce" not in a or "rollout_bce" not in b:
-      out.append((f"4. rollout: {LABELS[better]} < {LABELS[worse]} at every step", None,
-                  "not run"))
-      continue
+      return f"{prefix} rollout: {L[better]} < {L[worse]} at every step", None, "not run"
+    text = f"{prefix} rollout: {L[better]} < {L[worse]} at every simulated step"
     n_real = a["rollout_bce"]["num_real_steps"]
     ma, mb = np.asarray(a["rollout_bce"]["mean"]), np.asarray(b["rollout_bce"]["mean"])
     wins = int(np.sum(ma[n_real:] < mb[n_real:]))
-    out.append((f"4. rollout: {LABELS[better]} < {LABELS[worse]} at every simulated step",
-                wins == len(ma) - n_real,
-                f"lower at {wins} of {len(ma) - n_real} simulated steps; last step "
-                f"{ma[-1]:.0f} vs {mb[-1]:.0f}"))
-  return out
+    c = (wins == len(ma) - n_real, f"lower at {wins} of {len(ma) - n_real} simulated steps; "
+         f"last step {ma[-1]:.0f} vs {mb[-1]:.0f}")
+  elif kind == "kept":
+    better, worse, step = args
+    text = f"{prefix}: {L[better]} keeps more balls than {L[worse]} at simulated step {step}"
+    a, b = _find(summary, better), _find(summary, worse)
+    c = None
+    if a and b and "rollout_balls_kept" in a and "rollout_balls_kept" in b:
+      i = a["rollout_bce"]["num_real_steps"] + step - 1
+      ka, kb = (r["rollout_balls_kept"] for r in (a, b))
+      if i >= len(ka["mean"]) or ka["mean"][i] is None or kb["mean"][i] is None:
+        return text, None, "not measured at this step"
+      stat = lambda r: {"mean": r["mean"][i], "std": r["std"][i] or 0.0, "seeds": r["seeds"]}
+      c = (ka["mean"][i] > kb["mean"][i],
+           f"{L[better]} {_pm(stat(ka), 2)} vs {L[worse]} {_pm(stat(kb), 2)}")
+  else:
+    raise ValueError(f"unknown claim kind {kind!r}")
+  return (text, None, "not run") if c is None else (text, c[0], c[1])
 
 
-def curtain_claims(summary: dict) -> list[tuple[str, Optional[bool], str]]:
-  """Claim 5 (paper §4.1): on the occlusion set R-NEM < LSTM < RNN in BCE and relational BCE.
-  The evidence also gives the paper's ratio to LSTM beside ours (absolute values differ: the
-  paper's are at 64x64)."""
-  out = []
-  for better, worse in (("rnem", "lstm"), ("lstm", "rnn"), ("rnem", "rnn")):
-    for i, metric in enumerate(("bce_last_rel", "relational_bce_last_rel")):
-      what = "relational BCE" if i else "BCE"
-      claim = f"5. curtain: {LABELS[better]} {what} < {LABELS[worse]}"
-      c = _compare(summary, better, worse, metric)
-      if c is None:
-        out.append((claim, None, "not run"))
-        continue
-      ours = _find(summary, better)[metric]["mean"] / _find(summary, worse)[metric]["mean"]
-      paper = PAPER_CURTAIN[better][i] / PAPER_CURTAIN[worse][i]
-      out.append((claim, c[0], f"{c[1]}; ratio {ours:.2f} (paper {paper:.2f})"))
-  for other in ("lstm", "rnn"):   # object permanence (occlusion.json): higher is better
-    for metric, what in (("hidden_partial_prob", "completes partly hidden balls"),
-                         ("hidden_full_prob", "keeps drawing fully hidden balls"),
-                         ("reappearing_prob", "predicts where hidden balls come out")):
-      claim = f"5. curtain: R-NEM {what} more than {LABELS[other]}"
-      c = _compare(summary, other, "rnem", metric)
-      out.append((claim, None, "not run") if c is None else (claim, c[0], c[1]))
-  return out
+def claims(summary: dict, experiment: str = "balls") -> list[tuple[str, Optional[bool], str]]:
+  """The paper's claims for ``experiment`` (``experiment_of``; ``CLAIMS``), each
+  ``(claim, holds (None = not run), evidence)``. Space Invaders' claim is visual only (no
+  ground-truth groups), so it has none here."""
+  present = {model_of(n) for n in summary}
+  return [_check(summary, kind, prefix, args)
+          for kind, prefix, args in CLAIMS.get(experiment, ())
+          if kind != "kept" or present & set(args[:2])]   # the variants' claims when run
 
 
 def summary_markdown(summary: dict, title: str = "CPU reproduction: summary",
@@ -640,47 +651,66 @@ def write_report(summary: dict, out_dir: str, experiment: str = "balls",
   visualize.figure3_summary(summary, test_set=EXPERIMENT_NAMES[experiment][2]).savefig(paths["figure3"])
   if any("rollout_bce" in m for m in summary.values()):
     paths["rollout"] = os.path.join(out_dir, "rollout_seeds.png")
-    visualize.rollout_summary_figure(summary).savefig(paths["rollout"])
+    visualize.rollout_summary_figure(summary, rollout_references(summary)).savefig(paths["rollout"])
   if any("rollout_ablation" in m for m in summary.values()):
     paths["rollout_ablation"] = os.path.join(out_dir, "rollout_ablation.png")
     visualize.rollout_ablation_figure(summary).savefig(paths["rollout_ablation"])
   return paths
 
 
-def main(argv=None) -> None:
-  import argparse
+def _flags():
+  """The command line's flags (absl, as every rnem_jax command), on their own FlagValues so
+  that ``main`` can be called more than once in a process."""
+  from absl import flags
 
-  parser = argparse.ArgumentParser(prog="python -m rnem_jax.summarize", description=__doc__)
-  parser.add_argument("--runs", required=True, help="comma-separated run directories")
-  parser.add_argument("--out", default="", help="summary JSON to write")
-  parser.add_argument("--report_dir", default="",
-                      help="also write summary.md and the seed-averaged figures here")
-  parser.add_argument("--pool", default="",
-                      help="comma-separated summary JSONs of other (disjoint) seeds of the same "
-                           "models, merged into this summary exactly (see pool)")
-  parser.add_argument("--budget_dir", default="",
-                      help="write budget.{json,md} and validation_curves.png here: one row per "
-                           "run (e.g. one seed after 800 and after 4000 steps), no averaging")
-  args = parser.parse_args(argv)
-  workdirs = [d for d in args.runs.split(",") if d]
-  if not (args.out or args.budget_dir):
-    parser.error("give --out (the seed summary) or --budget_dir (the per-run budget table)")
-  if args.budget_dir:
-    for path in write_budget_report(budget_records(workdirs), args.budget_dir).values():
+  fv = flags.FlagValues()
+  flags.DEFINE_list("runs", None, "Run directories.", flag_values=fv, required=True)
+  flags.DEFINE_string("out", "", "Summary JSON to write.", flag_values=fv)
+  flags.DEFINE_string("report_dir", "", "Also write summary.md and the seed-averaged figures "
+                      "here.", flag_values=fv)
+  flags.DEFINE_list("pool", [], "Summary JSONs of other (disjoint) seeds of the same models, "
+                    "merged into this summary exactly (see pool).", flag_values=fv)
+  flags.DEFINE_string("budget_dir", "", "Write budget.{json,md} and validation_curves.png "
+                      "here: one row per run (e.g. one seed after 800 and after 4000 steps), "
+                      "no averaging.", flag_values=fv)
+  return fv
+
+
+def main(argv=None) -> None:
+  import sys
+
+  from absl import flags
+
+  fv = _flags()
+  argv = sys.argv[1:] if argv is None else argv
+  if {"--help", "-h", "--helpfull"} & set(argv):
+    print(f"{__doc__}\nflags:\n{fv.get_help()}")
+    return
+  try:
+    fv(["rnem_jax.summarize", *argv])
+  except flags.Error as e:
+    sys.exit(f"error: {e} (python -m rnem_jax.summarize --help)")
+  workdirs = [d for d in fv.runs if d]
+  if not (fv.out or fv.budget_dir):
+    sys.exit("error: give --out (the seed summary) or --budget_dir (the per-run budget table)")
+  if fv.budget_dir:
+    for path in write_budget_report(budget_records(workdirs), fv.budget_dir).values():
       print(f"wrote {path}")
-  if not args.out:
+  if not fv.out:
     return
   summary = summarize(workdirs)
-  for path in filter(None, args.pool.split(",")):
+  for path in fv.pool:
     if not os.path.exists(path):
-      parser.error(f"--pool: no such file {path}")
+      sys.exit(f"error: --pool: no such file {path}")
     summary = pool(_read(path), summary)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
+  os.makedirs(os.path.dirname(os.path.abspath(fv.out)), exist_ok=True)
+  tmp = fv.out + ".tmp"
+  with open(tmp, "w") as f:
     json.dump(summary, f, indent=2)
-  print(f"wrote {args.out}: {', '.join(summary)}")
-  if args.report_dir:
-    for path in write_report(summary, args.report_dir, experiment_of(workdirs)).values():
+  os.replace(tmp, fv.out)
+  print(f"wrote {fv.out}: {', '.join(summary)}")
+  if fv.report_dir:
+    for path in write_report(summary, fv.report_dir, experiment_of(workdirs)).values():
       print(f"wrote {path}")
 
 

@@ -20,6 +20,7 @@ two independent slices give XLA:CPU's executor work to run side by side.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import itertools
 import json
@@ -48,6 +49,7 @@ from rnem_jax.checkpoints import (Checkpoints, WorkdirLock, check_resume_config,
                                   workdir_path)
 from rnem_jax.layers import resolve_conv_impl
 from rnem_jax.model import build_network, init_params
+from rnem_jax.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +386,40 @@ class StopSignals:
       self._defer = False
 
 
+class Progress:
+  """One progress line every ``every`` seconds for logs that are not a terminal: step, steps/s,
+  the last logged loss, training time (this and earlier invocations) and the time to the end
+  of the budget (steps or minutes, whichever comes first)."""
+
+  def __init__(self, step: int, max_steps: int, started: float, deadline: Optional[float],
+               trained_before: float, every: float = 60.0):
+    self.max_steps, self.started, self.deadline = max_steps, started, deadline
+    self.trained_before, self.every = trained_before, every
+    self.first_step, self.last_time, self.loss = step, started, None
+
+  def minutes(self) -> str:
+    total = self.trained_before + time.time() - self.started
+    budget = self.trained_before + self.deadline - self.started
+    return f"{total / 60:.1f}/{budget / 60:.0f}"
+
+  def line(self, step: int, now: float) -> str:
+    rate = (step - self.first_step) / max(now - self.started, 1e-9)
+    left = (self.max_steps - step) / rate if rate > 0 else float("inf")
+    if self.deadline is not None:
+      left = min(left, max(self.deadline - now, 0.0))
+    eta = "?" if left == float("inf") else str(datetime.timedelta(seconds=round(left)))
+    trained = datetime.timedelta(seconds=round(self.trained_before + now - self.started))
+    loss = "" if self.loss is None else f", loss {self.loss:.1f}"
+    return (f"step {step}/{self.max_steps}, {rate:.2f} steps/s{loss}, trained {trained}, "
+            f"{'budget' if self.deadline is not None else 'steps'} left ~{eta}")
+
+  def maybe_log(self, step: int) -> None:
+    now = time.time()
+    if now - self.last_time >= self.every:
+      self.last_time = now
+      log.info("%s", self.line(step, now))
+
+
 # Consecutive steps with exactly zero gradients after which training stops (saturated units:
 # nothing will change any more).
 STALL_STEPS = 20
@@ -532,10 +568,14 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
     log.info("resumed from step %d in %s%s", step, workdir,
              f" (dropped newer checkpoints {dropped})" if dropped else "")
   step = int(state.step)
+  # Training time of the earlier invocations: the wall-clock budget counts the whole run.
+  trained_before = float((meta or {}).get("train_seconds", 0.0))
+  started = time.time()
   config_json = config.to_json_best_effort(indent=2)
   if jax.process_index() == 0:
     tmp = workdir / "config.json.tmp"
-    tmp.write_text(config_json)
+    tmp.write_text(json.dumps({**json.loads(config_json), "provenance": provenance()},
+                              indent=2))
     tmp.replace(workdir / "config.json")
 
   K, T = config.em.K, config.em.T
@@ -550,6 +590,7 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
   def meta_now(epoch: int) -> dict:
     return {"model": model_signature(config), "epoch": epoch,
             "config": json.loads(config_json),
+            "train_seconds": trained_before + time.time() - started,
             "early_stopping": {"best_metric": float(stopper.best_metric),
                                "patience_count": int(stopper.patience_count),
                                "should_stop": bool(stopper.should_stop)}}
@@ -563,10 +604,17 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       config.dataset, "train", config.train.batch_size // jax.process_count(),
       seed=config.seed, num_frames=T + 1, shuffle=True, start_batch=step,
       keys=model_keys(info), data_dir=_data_dir(config))
-  deadline = (time.time() + 60.0 * config.train.max_minutes) if config.train.max_minutes else None
+  budget = 60.0 * config.train.max_minutes
+  deadline = started + max(budget - trained_before, 0.0) if budget else None
+  if deadline is not None and deadline <= started:
+    log.info("the wall-clock budget (train.max_minutes=%g) is spent (%.1f minutes trained): "
+             "nothing to train; raise it to train on", config.train.max_minutes,
+             trained_before / 60)
   reason = "max_steps"
-  bar = tqdm.tqdm(total=max_steps, initial=step, desc=config.name, dynamic_ncols=True,
-                  disable=not sys.stderr.isatty())
+  progress = Progress(step, max_steps, started, deadline, trained_before)
+  # With a wall-clock budget the step total is unknown: the bar counts steps and minutes.
+  bar = tqdm.tqdm(total=None if deadline is not None else max_steps, initial=step,
+                  desc=config.name, dynamic_ncols=True, disable=not sys.stderr.isatty())
   # Metrics stay on the device until read here, every log_every steps and before every save:
   # no per-step host sync, so the host prepares the next batch while the device computes.
   pending: list[tuple[int, dict]] = []
@@ -602,7 +650,9 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       scalars = {k: float(v) for k, v in m.items() if k != "applied"}
       scalars["steps_per_s"] = sps
       logger.write(s, "train", scalars)
-      bar.set_postfix(loss=f"{scalars['loss']:.1f}", steps_per_s=f"{sps:.2f}")
+      progress.loss = scalars["loss"]
+      bar.set_postfix(loss=f"{scalars['loss']:.1f}", steps_per_s=f"{sps:.2f}",
+                      **({"minutes": progress.minutes()} if deadline is not None else {}))
 
   def save(which: str, s: int, epoch: int, batch, key) -> None:
     """Saves after checking that the parameters give a finite loss on the last batch."""
@@ -642,6 +692,8 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       step += 1
       pending.append((step, metrics))
       bar.update(1)
+      if bar.disable:
+        progress.maybe_log(step)
       epoch_end = step % steps_per_epoch == 0
       if (step % config.train.log_every == 0 or step == max_steps or epoch_end
           or step % config.train.checkpoint_every == 0):

@@ -32,6 +32,8 @@ from matplotlib import colors as mcolors
 from matplotlib import ticker as mticker
 from matplotlib.figure import Figure
 
+from rnem_jax.config import ROLLOUT_REFERENCES, in_report_order, is_mixture, label
+
 log = logging.getLogger(__name__)
 
 REAL_COLOUR = (0.2, 0.6, 0.2)   # frame border of real (observed) rollout steps
@@ -266,7 +268,7 @@ ROLLOUT_MATCH = ("dataset", "num_real_steps", "num_sim_steps", "num_sequences")
 
 OBJECT_PANELS = (("balls_kept", "balls kept (share)"),
                  ("position_error_px", "position error (px)"))
-REFERENCE_LINESTYLES = (":", "-.", "--")   # summarize.ROLLOUT_REFERENCES, in order
+REFERENCE_LINESTYLES = (":", "-.", "--")   # config.ROLLOUT_REFERENCES, in order
 
 
 def _rollout_axes(fig: Figure, with_objects: bool):
@@ -311,7 +313,6 @@ def rollout_bce_figure(records: dict[str, dict], title: str = "") -> Figure:
     axes[0].plot(x, y, marker="o", ms=3, label=name)
     for ax, (key, _) in zip(axes[1:], OBJECT_PANELS):
       ax.plot(x, _curve(rec[f"{key}_per_step"]), marker="o", ms=3, label=name)
-  from rnem_jax.summarize import ROLLOUT_REFERENCES
   for (key, text), ls in zip(ROLLOUT_REFERENCES, REFERENCE_LINESTYLES):
     if key in first:
       axes[0].plot(np.arange(1, len(first[key]) + 1), first[key], ls=ls, color="grey", lw=1,
@@ -425,9 +426,8 @@ def figure3_summary(summary: dict, suffix: str = "last", test_set: str = "4 ball
   the test set (named ``test_set``) and, where the summary has it, the 6-8-ball
   set side by side, one bar per model.
   """
-  from rnem_jax import summarize as summ
 
-  names = summ.ordered(summary)
+  names = in_report_order(summary)
   colours = component_colours(max(len(names), 1))
   panels = [(f"bce_{suffix}_rel", f"BCE / copy baseline ({suffix})"),
             (f"relational_bce_{suffix}_rel", f"relational BCE / baseline ({suffix})"),
@@ -443,12 +443,12 @@ def figure3_summary(summary: dict, suffix: str = "last", test_set: str = "4 ball
       xs, ys, es = [], [], []
       for g, (suffix_set, _) in enumerate(sets):
         stat = summary[name].get(key + suffix_set)
-        if stat is None or (key.startswith("ari") and not summ.is_mixture(name)):
+        if stat is None or (key.startswith("ari") and not is_mixture(name)):
           continue
         xs.append(g + (j - (len(names) - 1) / 2) * width)
         ys.append(stat["mean"])
         es.append(stat["std"])
-      ax.bar(xs, ys, width, yerr=es, capsize=2, color=colours[j], label=summ.label(name))
+      ax.bar(xs, ys, width, yerr=es, capsize=2, color=colours[j], label=label(name))
     ax.set_xticks(range(len(sets)))
     ax.set_xticklabels([t for _, t in sets], fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -459,13 +459,13 @@ def figure3_summary(summary: dict, suffix: str = "last", test_set: str = "4 ball
   return fig
 
 
-def rollout_summary_figure(summary: dict) -> Figure:
+def rollout_summary_figure(summary: dict, references: Optional[dict] = None) -> Figure:
   """Paper Figure 4 (right) from a seed summary: mean per-step rollout BCE, ±std bands, the
-  data-only reference curves (copy last frame, hold last observed frame, empty) and, where the
-  runs have them, the balls kept and their position error per step."""
-  from rnem_jax import summarize as summ
+  data-only reference curves (``references``: rollout.json key -> curve; copy last frame, hold
+  last observed frame, empty) and, where the runs have them, the balls kept and their position
+  error per step."""
 
-  names = [n for n in summ.ordered(summary) if "rollout_bce" in summary[n]]
+  names = [n for n in in_report_order(summary) if "rollout_bce" in summary[n]]
   if not names:
     raise ValueError("no run in the summary has a rollout")
   with_objects = all(f"rollout_{key}" in summary[n] for n in names for key, _ in OBJECT_PANELS)
@@ -479,10 +479,10 @@ def rollout_summary_figure(summary: dict) -> Figure:
       m, sd = _curve(r["mean"]), np.nan_to_num(_curve(r["std"]))
       x = np.arange(1, len(m) + 1)
       ax.plot(x, m, marker="o", ms=3, color=colours[j],
-              label=f"{summ.label(name)} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})")
+              label=f"{label(name)} ({r['seeds']} seed{'s' if r['seeds'] > 1 else ''})")
       ax.fill_between(x, m - sd, m + sd, color=colours[j], alpha=0.2, lw=0)
-  refs = summ.rollout_references(summary)
-  for (key, text), ls in zip(summ.ROLLOUT_REFERENCES, REFERENCE_LINESTYLES):
+  refs = references or {}
+  for (key, text), ls in zip(ROLLOUT_REFERENCES, REFERENCE_LINESTYLES):
     if key in refs:
       axes[0].plot(np.arange(1, len(refs[key]) + 1), refs[key], ls=ls, color="grey", lw=1,
                    label=text)
@@ -506,9 +506,8 @@ ABLATION_LABELS = {"simulated": "simulated (reference protocol)",
 def rollout_ablation_figure(summary: dict) -> Figure:
   """One panel per model: rollout BCE with each half of the simulation switched on alone
   (``rnem_jax.evaluate.rollout_ablation``), mean over seeds."""
-  from rnem_jax import summarize as summ
 
-  names = [n for n in summ.ordered(summary) if "rollout_ablation" in summary[n]]
+  names = [n for n in in_report_order(summary) if "rollout_ablation" in summary[n]]
   if not names:
     raise ValueError("no run in the summary has a rollout ablation")
   fig = Figure(figsize=(3.2 * len(names), 3.4), dpi=100)
@@ -526,7 +525,7 @@ def rollout_ablation_figure(summary: dict) -> Figure:
       ax.fill_between(x, m - sd, m + sd, color=colours[j], alpha=0.2, lw=0)
     ax.axvline(n_real + 0.5, color="k", ls="--", lw=0.8)
     seeds = next(iter(summary[name]['rollout_ablation'].values()))['seeds']
-    ax.set_title(f"{summ.label(name)} ({seeds} seed{'s' if seeds > 1 else ''})", fontsize=9)
+    ax.set_title(f"{label(name)} ({seeds} seed{'s' if seeds > 1 else ''})", fontsize=9)
     ax.set_xlabel("predicted frame")
   axes[0].set_ylabel("BCE")
   axes[0].legend(fontsize=6)
@@ -538,7 +537,6 @@ def validation_curves_figure(records: Sequence[dict]) -> Figure:
   """Validation loss against training step, one line per model and seed, with a marker at
   each evaluated checkpoint (``rnem_jax.summarize.budget_records``; copies of one run trained
   to different budgets share their history, so the longest one's curve is drawn)."""
-  from rnem_jax import summarize as summ
 
   runs: dict[tuple, list[dict]] = {}
   for r in records:
@@ -553,7 +551,7 @@ def validation_curves_figure(records: Sequence[dict]) -> Figure:
     if not longest["valid_curve"]:
       continue
     steps, losses = np.asarray(longest["valid_curve"], np.float64).T
-    ax.plot(steps, losses, color=colour, label=f"{summ.label(name)}, seed {seed}")
+    ax.plot(steps, losses, color=colour, label=f"{label(name)}, seed {seed}")
     marked = [(r["checkpoint_step"], r["valid_loss"]) for r in group
               if r["valid_loss"] is not None]
     if marked:

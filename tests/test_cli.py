@@ -115,3 +115,42 @@ def test_sigkill_then_resume_loses_only_steps_since_the_last_checkpoint(
   resumed = steps[steps.index(killed_at) + 1:]
   assert resumed == [last + 1, last + 2]
   assert killed_at - last <= 3 + 2
+
+
+def test_the_newcomer_path_from_any_directory(tmp_path, data_dir, compile_cache):
+  """From outside the repository: a relative config path is found, --mode=all ends with the
+  numbers and their meaning and draws the figures; a later mode without --config uses the
+  run's own config.json; every output records the code's provenance."""
+  env, wd = _env(compile_cache), tmp_path / "run"
+  args = [sys.executable, "-m", "rnem_jax.main", "--config=configs/balls.py:tiny",
+          f"--workdir={wd}", f"--config.data_dir={data_dir}", "--config.extrapolation.dataset="]
+  r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert f"done: rnem_tiny in {wd}" in r.stderr
+  assert "ari_last" in r.stderr and "grouping of pixels into objects" in r.stderr
+  assert (wd / "figures" / "rollout_bce.png").exists() and (wd / "figures" / "panel.png").exists()
+  config = json.loads((wd / "config.json").read_text())
+  metrics = json.loads((wd / "metrics.json").read_text())
+  for record in (config, metrics, json.loads((wd / "rollout.json").read_text())):
+    assert record["provenance"]["packages"]["jax"] and "git" in record["provenance"]
+  assert (wd / "rollout.json").exists() and "balls_kept_per_step" in json.loads(
+      (wd / "rollout.json").read_text())
+  before = metrics["bce_last"]
+  (wd / "metrics.json").unlink()
+  r = subprocess.run([sys.executable, "-m", "rnem_jax.main", f"--workdir={wd}", "--mode=eval"],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert "(the run's own)" in r.stderr
+  assert json.loads((wd / "metrics.json").read_text())["bce_last"] == before
+
+
+def test_the_wall_clock_budget_counts_every_invocation(tmp_path, data_dir, compile_cache):
+  """train.max_minutes is the run's budget, not each invocation's: a run that spent it is
+  not trained again; the time is kept with the checkpoint."""
+  env, wd = _env(compile_cache), tmp_path / "run"
+  _run(_args(wd, data_dir, "--mode=train", "--config.train.max_steps=4"), env)
+  r = _run(_args(wd, data_dir, "--mode=train", "--config.train.max_steps=8",
+                 "--config.train.max_minutes=0.001"), env)
+  assert "budget (train.max_minutes=0.001) is spent" in r.stderr
+  assert "'step': 4, 'stop_reason': 'max_minutes'" in r.stderr
+  assert _steps(wd, "latest")[-1] == 4

@@ -193,7 +193,12 @@ def test_sim_fields_are_overridable_and_validated_by_the_rollout():
 
 
 def test_every_model_has_a_report_label_and_rank():
-  from rnem_jax import summarize
+  """Model names and their labels live in one place (rnem_jax.config)."""
   for model in config_lib.MODELS:
-    assert model in summarize.MODEL_ORDER and model in summarize.LABELS, model
-  assert summarize.model_of("rnn_em_sim_cpu") == "rnn_em_sim"
+    assert model in config_lib.MODEL_LABELS, model
+    assert config_lib.model_rank(f"{model}_cpu") < len(config_lib.MODEL_LABELS)
+  assert config_lib.model_of("rnn_em_sim_cpu") == "rnn_em_sim"
+  assert [config_lib.is_mixture(f"{m}_cpu") for m in ("rnem", "rnn_em_sim", "rnn_sim", "lstm")] \
+      == [True, True, False, False]
+  assert config_lib.in_report_order(["rnn_cpu", "rnem_sim_cpu", "lstm_cpu", "rnem_cpu"]) == [
+      "rnem_cpu", "lstm_cpu", "rnn_cpu", "rnem_sim_cpu"]

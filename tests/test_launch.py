@@ -51,7 +51,7 @@ def test_slurm_dry_run_installs_and_runs_every_process(tmp_path):
   commands = _commands(stdout)
   py = str(venv / "bin" / "python3")
   assert ["python3", "-m", "venv", str(venv)] in commands
-  assert [py, "-m", "pip", "install", "-q", "-e", f"{REPO}[cuda12]"] in commands
+  assert [py, "-m", "pip", "install", "-q", "-e", f"{REPO}[cuda12,atari]"] in commands
   assert not (tmp_path / "venvs").exists() and not (tmp_path / "run").exists()  # nothing ran
   mains = [c for c in commands if "rnem_jax.main" in c]
   assert mains == [["srun", "--kill-on-bad-exit=1", py, "-m", "rnem_jax.main", "--distributed",
@@ -76,7 +76,7 @@ if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python3"; 
   _run(SLURM, **setup)
   assert log.read_text().splitlines() == [f"{fake} -m venv {venv}",
                                           f"{py} -m pip install -q --upgrade pip",
-                                          f"{py} -m pip install -q -e {REPO}[cuda12]"]
+                                          f"{py} -m pip install -q -e {REPO}[cuda12,atari]"]
   digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
   assert (venv / ".rnem_jax_installed").read_text() == f"{digest} cuda12\n"
   # Run again (a resubmitted job): neither a new venv nor pip.
@@ -89,7 +89,7 @@ if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python3"; 
   # pyproject.toml changed since: reinstalled into the same venv.
   (venv / ".rnem_jax_installed").write_text("0123 cuda12\n")
   _run(SLURM, **setup)
-  assert log.read_text().splitlines() == [f"{py} -m pip install -q -e {REPO}[cuda12]"]
+  assert log.read_text().splitlines() == [f"{py} -m pip install -q -e {REPO}[cuda12,atari]"]
 
 
 def _tpu(command, *args, **env):
@@ -128,7 +128,7 @@ def test_tpu_runs_main_on_every_worker(command, modes):
 def test_tpu_setup_installs_the_tpu_extra_once():
   ((worker, script),) = _tpu("setup")
   assert worker == "--worker=all"
-  assert 'pip install -q -e "$HOME/rnem_jax[tpu]"' in script
+  assert 'pip install -q -e "$HOME/rnem_jax[tpu,atari]"' in script
   assert "if [ ! -x $HOME/.venvs/rnem_jax-tpu/bin/python3 ]" in script  # venv only if missing
   assert ".rnem_jax_installed" in script and "git clone https://example.org/rnem_jax.git" in script
 

@@ -349,3 +349,21 @@ def test_object_curves_pool_over_seeds_and_steps_nothing_measured_stay_empty(tmp
   from rnem_jax import visualize
   fig = visualize.rollout_summary_figure({"rnem_sim_cpu": s})
   assert len(fig.axes) == 3
+
+
+def test_the_simulation_claim_compares_balls_kept_at_simulated_steps(tmp_path):
+  runs = []
+  for name, kept in (("rnem_sim_cpu", [1.0, 0.9, 0.8]), ("rnn_sim_cpu", [1.0, 0.9, 0.85])):
+    runs.append(_run(tmp_path / name, name, {"bce_last": 90.0}, rollout=[1.0, 2.0, 3.0]))
+    rec = json.loads((tmp_path / name / "rollout.json").read_text())
+    rec["balls_kept_per_step"] = kept
+    (tmp_path / name / "rollout.json").write_text(json.dumps(rec))
+  checked = {c: (ok, ev) for c, ok, ev in summarize.claims(summarize.summarize(runs))}
+  ok, evidence = checked["4. sim-trained: R-NEM sim-trained keeps more balls than RNN "
+                         "sim-trained at simulated step 1"]
+  assert ok is False and evidence == "R-NEM sim-trained 0.80 vs RNN sim-trained 0.85"
+  assert checked["4. sim-trained: R-NEM sim-trained keeps more balls than RNN-EM sim-trained "
+                 "at simulated step 1"] == (None, "not run")
+  plain = [c for c, _, _ in summarize.claims(summarize.summarize(runs[:0] or [
+      _run(tmp_path / "ref", "rnem_cpu", {"bce_last": 90.0})]))]
+  assert not any("sim-trained" in c for c in plain)

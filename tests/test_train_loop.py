@@ -193,3 +193,13 @@ def test_simulation_trained_models_train_and_validate_on_the_simulated_objective
   forward = train.make_forward_loss_fn(net, cfg, K)
   np.testing.assert_allclose(float(forward(params, {"features": feats}, key)), simulated,
                              rtol=1e-5)
+
+
+def test_progress_lines_give_rate_training_time_and_what_is_left():
+  p = train.Progress(step=100, max_steps=1100, started=1000.0, deadline=None,
+                     trained_before=3600.0)
+  p.loss = 123.4
+  assert p.line(200, 1100.0) == ("step 200/1100, 1.00 steps/s, loss 123.4, trained 1:01:40, "
+                                 "steps left ~0:15:00")
+  p = train.Progress(step=0, max_steps=10**6, started=0.0, deadline=600.0, trained_before=0.0)
+  assert p.line(50, 100.0).endswith("0.50 steps/s, trained 0:01:40, budget left ~0:08:20")

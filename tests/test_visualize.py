@@ -54,7 +54,8 @@ def test_render_run_writes_every_figure_and_animation(run, tmp_path):
   # Figure 4 strips: 2 sequences x (truth, model), 5 real + N_SIM simulated columns.
   assert _png_size(paths["rollout"]) == (round(100 * (1.6 + (5 + N_SIM) * 0.5)),
                                          round(100 * (0.9 + 4 * 0.5)))
-  assert _png_size(paths["rollout_bce"]) == (550, 360)
+  # BCE, balls kept and position error per step (a balls dataset)
+  assert _png_size(paths["rollout_bce"]) == (3 * 550, 360)
   # GIFs: one frame per step; 32 px tiles scaled x4 with 2 px gaps.
   assert _gif(paths["prediction_gif"]) == (T, (3 * 128 + 2 * 2, 128))
   assert _gif(paths["grouping_gif"]) == (T, ((1 + K) * 128 + K * 2, 128))
@@ -135,7 +136,8 @@ def test_report_writes_figure3_and_table(run, tmp_path):
     (other / name).write_text(json.dumps(rec))
   paths = visualize.write_report([workdir, str(other)], str(tmp_path / "report"))
   assert _png_size(paths["figure3"]) == (1200, 380)
-  assert _png_size(paths["rollout_bce"]) == (550, 360)
+  # BCE, balls kept and position error per step (a balls dataset)
+  assert _png_size(paths["rollout_bce"]) == (3 * 550, 360)
   table = open(paths["report"]).read()
   assert "| rnem_tiny K=5 |" in table and "| rnn_em_tiny K=5 |" in table
 

@@ -61,9 +61,14 @@ _ENV = None  # one emulator per process, re-seeded at every reset
 
 def make_env():
   """The preprocessed environment (imports ale_py first so gymnasium knows ALE/*)."""
-  import ale_py
-  import gymnasium as gym
-  from gymnasium.wrappers import AtariPreprocessing
+  try:
+    import ale_py
+    import cv2  # noqa: F401  (AtariPreprocessing resizes with it)
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing
+  except ImportError as e:
+    raise ImportError(f"the Atari datasets need the emulator ({e.name} is missing): "
+                      "pip install -e \".[atari]\"") from e
 
   gym.register_envs(ale_py)
   env = gym.make(ENV_ID, frameskip=1, repeat_action_probability=0.0)
