@@ -1,14 +1,15 @@
-"""Space Invaders (paper §4.2, Fig. 6): R-NEM with actions on 84x84 binarised frames.
+"""Space Invaders (paper §4, Fig. 6, appendix A.2): R-NEM with actions on 84x84 binarised frames.
 
 Usage:
   python -m rnem_jax.main --config=configs/atari.py[:<model>[,<scale>]] --workdir=DIR
 
-The reference code's Atari network (SPEC D5): K=4, T=25, B=32, bit-flip noise
-0.02 (paper value), one-hot actions embedded and fed to Upsilon. No ground-truth
-groups exist, so evaluation reports BCE only. Our frames come from a seeded
-scripted policy, not the paper's pre-trained DQN (see datasets/space_invaders).
-paper: GPU/TPU job. small: atari_small, B=8, T=10, 30 minutes on CPU.
-tiny: seconds; for tests.
+The authors' code's Atari network (docs/design.md#atari-network): K=4, T=25, B=32,
+bit-flip noise 0.02 (paper value), one-hot actions embedded and fed to Upsilon. No
+ground-truth groups exist, so there is no ARI (docs/design.md#without-ground-truth
+has what replaces it). Our frames come from a seeded scripted policy, not the
+paper's pre-trained DQN (docs/design.md#space-invaders).
+paper: GPU/TPU job. small: atari_small, B=8, T=10, a 30-minute budget on a CPU.
+tiny: for tests.
 """
 
 from rnem_jax.config import make_config

@@ -1,4 +1,4 @@
-"""Bouncing balls (paper §4.1): R-NEM and its baselines on balls4mass64.
+"""Bouncing balls (paper §4, appendix A.1): R-NEM and its baselines on balls4mass64.
 
 Usage:
   python -m rnem_jax.main --config=configs/balls.py[:<model>[,<scale>]] --workdir=DIR
@@ -6,29 +6,25 @@ models: rnem (default, K=5) | rnem_k8 | rnem_noatt | rnn_em | rnn (K=1) | lstm (
   | rnem_noisy_gamma | rnn_em_noisy_gamma (a variant: gamma from the noisy next frame)
   | rnem_sim | rnn_em_sim | rnn_sim | lstm_sim (a variant: trained with the last T // 2 steps
     simulated, em.train_sim_steps, e.g. 10 of T=20 at the cpu scale; see rnem_jax/config.py)
-scales: paper (default) | small | tiny
+scales: paper (default) | small | cpu | tiny
 
 paper: 64x64, B=64, T=30, Adam 1e-3, bit-flip noise 0.2, early stopping
-  (patience 10 epochs of 781 steps). Tens of seconds per step on a 2-core CPU:
-  a GPU/TPU job. Expected (paper Fig. 3): R-NEM ARI ~0.8 and the lowest BCE and
-  relational BCE relative to the copy-frame baseline.
+  (patience 10 epochs of 781 steps). A GPU/TPU job. Expected (paper Fig. 3 and
+  §4 "Comparison"): R-NEM ARI ~0.8 and the lowest BCE and relational BCE
+  relative to the copy-frame baseline.
 
-small: 32x32, 4 balls, K=5, T=15, B=16, 30-minute wall-clock budget on a
-  2-core CPU, then evaluation on the 500 test sequences (+ 6-8 balls, K=8) and
-  a 5+10-step rollout (~1 minute):
+small: 32x32, 4 balls, K=5, T=15, B=16, 30-minute wall-clock budget on a CPU,
+  then evaluation on the 500 test sequences (+ 6-8 balls, K=8) and a 5+10-step
+  rollout:
     python -m rnem_jax.main --config=configs/balls.py:small --workdir=/tmp/rnem_small
-  Measured here (2 cores shared with other jobs: 1022 steps in 30 min; ~0.9 s
-  per step on a quiet machine): ari_seq 0.727, ari_last 0.792, bce_last 95.3
-  vs the copy baseline's 775.0 (ratio 0.123), relational bce_last 7.4 vs 56.9;
-  6-8 balls with K=8: ari_last 0.776, bce_last ratio 0.147
-  (results/balls_small_rnem/).
+  Expected result: results/balls_small_rnem/ (metrics.json, metrics_extrapolation.json).
 
 cpu: the CPU reproduction protocol (launch/reproduce_cpu.sh, results/cpu/):
-  balls4mass32_cpu (4 balls at 2 px/frame, collisions in ~25% of steps), T=20,
-  B=16, a fixed step budget (max_steps) instead of a wall-clock one; 6-8-ball
-  test set balls678mass32_cpu.
+  balls4mass32_cpu (4 balls at 2 px/frame, so that collisions are frequent),
+  T=20, B=16, a fixed step budget (max_steps) instead of a wall-clock one;
+  6-8-ball test set balls678mass32_cpu.
 
-tiny: a few steps on 32 sequences; seconds; used by the tests.
+tiny: a few steps on 32 sequences; used by the tests.
 """
 
 from rnem_jax.config import make_config

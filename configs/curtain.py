@@ -1,4 +1,4 @@
-"""Occlusion (paper §4.1, Fig. 5): 3 equal-mass balls behind an invisible curtain.
+"""Occlusion (paper §4 "Hidden Factors", Fig. 5): 3 equal-mass balls behind an invisible curtain.
 
 Usage:
   python -m rnem_jax.main --config=configs/curtain.py[:<model>[,<scale>]] --workdir=DIR
@@ -8,10 +8,10 @@ the last T // 2 training steps simulated); scales: paper | small | cpu | tiny
 
 paper: balls3curtain64, 64x64, B=64, T=30 (GPU/TPU job). Paper's test numbers:
   R-NEM BCE 46.22 / relational 2.33; LSTM 59.32 / 2.72; RNN 94.64 / 4.14.
-small: balls3curtain32_small, 32x32, B=16, T=15, 30 minutes on a 2-core CPU.
+small: balls3curtain32_small, 32x32, B=16, T=15, a 30-minute budget on a CPU.
 cpu: balls3curtain32_cpu (2 px/frame), T=20, B=16, a fixed step budget (the CPU
-  reproduction protocol, launch/reproduce_cpu.sh).
-tiny: seconds; for tests.
+  reproduction protocol, launch/reproduce_cpu.sh; expected result: results/cpu_curtain/).
+tiny: for tests.
 """
 
 from rnem_jax.config import make_config

@@ -1,4 +1,4 @@
-"""Recurrent cells of the R-NEM model family (REFERENCE §1.3).
+"""Recurrent cells of the R-NEM model family (paper Eq. 4; docs/design.md#recurrent-cells).
 
 Every cell maps ``(z [B, K, Z], state, action_embedding [B, A] | None)`` to
 ``(new_state, y [B, K, H_out], alpha [B, K, K])`` where ``y`` feeds the
@@ -28,8 +28,9 @@ CELL_TYPES = ("rnem", "rnem_noatt", "rnn", "lstm")
 def _broadcast_action(action_emb: Optional[jnp.ndarray], K: int) -> Optional[jnp.ndarray]:
   """Copies the per-sequence action embedding ``[B, A]`` to every component ``[B, K, A]``.
 
-  (The reference code tiles along the batch axis instead, giving component k of
-  sequence b the action of sequence (b*K+k) mod B — bug A1, fixed here; a
+  (The authors' code tiles along the batch axis instead, giving component k of
+  sequence b the action of sequence (b*K+k) mod B — bug A1, fixed here
+  (docs/design.md#a1-action-tiling); a
   per-component ``[B, K, A]`` embedding, which ``em.rollout`` builds to reproduce
   it as a diagnostic, is passed through.)
   """

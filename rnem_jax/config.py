@@ -8,17 +8,18 @@ Models (paper §4): ``rnem`` (default, K=5), ``rnem_k8``, ``rnem_noatt``,
 ``rnn_em`` (K=5), ``rnn`` (K=1), ``lstm`` (K=1); ``rnem_noisy_gamma`` and
 ``rnn_em_noisy_gamma`` are a variant of ours, not the paper's: gamma from the
 noisy next frame (``em.e_step_target``); ``rnem_reference_actions`` (Atari) is
-a diagnostic: R-NEM with the reference code's action tiling, bug A1
-(``em.action_tiling``), which gives the components of one sequence different
-actions. ``rnem_sim``, ``rnn_em_sim``, ``rnn_sim`` and ``lstm_sim`` (ours) are
-rnem, rnn_em, rnn and lstm trained for simulation: the last
-``em.train_sim_steps`` = T // 2 of the T training steps run as the rollout does
-(input sum_k gamma psi, gamma from the thresholded max psi; paper §4
-"Simulation"), the loss still against the true frames (``em.rollout``).
+a diagnostic: R-NEM with the authors' code's action tiling, bug A1
+(``em.action_tiling``, docs/design.md#a1-action-tiling), which gives the
+components of one sequence different actions. ``rnem_sim``, ``rnn_em_sim``,
+``rnn_sim`` and ``lstm_sim`` (ours) are rnem, rnn_em, rnn and lstm trained for
+simulation: the last ``em.train_sim_steps`` = T // 2 of the T training steps run
+as the rollout does (input sum_k gamma psi, gamma from the thresholded max psi;
+paper §4 "Simulation"), the loss still against the true frames (``em.rollout``).
+Our variants: docs/design.md#our-variants.
 Scales: ``paper`` (default: 64x64, B=64, T=30), ``small`` (32x32, B=16, T=15,
-a CPU run of ~30 minutes), ``cpu`` (the CPU reproduction protocol: 32x32 at
-2 px/frame, B=16, T=20, a fixed step budget; see launch/reproduce_cpu.sh),
-``tiny`` (seconds; for tests).
+a 30-minute wall-clock budget on a CPU), ``cpu`` (the CPU reproduction protocol:
+32x32 at 2 px/frame, B=16, T=20, a fixed step budget; see
+launch/reproduce_cpu.sh), ``tiny`` (for tests).
 """
 
 from __future__ import annotations
@@ -54,17 +55,15 @@ MODEL_EM = {
 # em.train_sim_steps = int(T * share), fixed when the config is built (T = 20 at the cpu scale:
 # 10 real + 10 simulated steps, the 10-step simulated horizon of the 5 + 10 rollout; half the loss
 # terms still train the grouping on real frames). Overriding em.T on the command line leaves
-# train_sim_steps as it is (em.rollout refuses S > T - 1). Measured from scratch (the small
-# R-NEM of SIM_GRADIENT's note, 450 steps): S = 10 and S = 5 both bring the held-out simulated
-# loss from 788 (S = 0) to 457 and 464, but S = 10 also slows the real steps (their loss 448 vs
-# 252 at S = 5 and 196 at S = 0): check the real-step metrics of long runs.
+# train_sim_steps as it is (em.rollout refuses S > T - 1). Measured on a small R-NEM: T // 2
+# and T // 4 simulated steps lower the held-out simulated loss about equally, but T // 2 also
+# slows learning on the real steps: check the real-step metrics of long runs
+# (docs/design.md#measured-choices).
 MODEL_TRAIN_SIM = {"rnem_sim": 0.5, "rnn_em_sim": 0.5, "rnn_sim": 0.5, "lstm_sim": 0.5}
 # em.sim_gradient: False, the fed-back sum_k gamma psi is an input like a real frame (no
-# gradient through it). Measured on CPU (R-NEM hidden 32, 32x32 balls at 2 px/frame, K=4, T=20,
-# S=10, B=8, Adam 1e-3; each pair from the same init, data and noise): letting gradients flow
-# gave no lower loss on held-out 5 real + 15 simulated rollouts (+1.4%, +0.3%, +0.1%: within seed
-# noise) and, in one of the three pairs, gradient norms up to 2.7e5 (p99 1.2e5 vs 1.8e3) that left
-# the real steps' loss 30% worse.
+# gradient through it). Measured on a small R-NEM: letting gradients flow gave no lower loss on
+# held-out rollouts and, in one of three runs, exploding gradient norms that left the real steps'
+# loss worse (docs/design.md#measured-choices).
 SIM_GRADIENT = False
 SCALES = ("paper", "small", "cpu", "tiny")
 
@@ -176,7 +175,7 @@ def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "
       checkpoint_every=100,            # steps between "latest" checkpoints
       # EM scan: rolled + remat at paper scale (a fraction of the memory and a faster step on
       # CPU); unrolled for the small CPU runs (faster steps, longer compiles). Measurements:
-      # README, Performance.
+      # docs/design.md#measured-choices.
       unroll=1,
       remat=True,
       # Independent batch slices per EM step (em.rollout's batch_splits; same maths):

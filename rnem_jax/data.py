@@ -1,4 +1,4 @@
-"""Datasets: the build command and the input pipeline (SPEC D8).
+"""Datasets: the build command and the input pipeline (docs/design.md#datasets).
 
 Every dataset is a TFDS builder in the repository's top-level ``datasets/``
 folder (``bouncing_balls``, ``curtain``, ``space_invaders``), writing
@@ -38,13 +38,10 @@ Noise is NOT applied here: the model applies the bitflip noise on device inside
 the jitted step (one decision for train, validation and test alike), so the
 pipeline only delivers clean frames.
 
-Storage: frames are ``tfds.features.Tensor(..., encoding='zlib')`` uint8.
-Measured on 50 balls4mass64 sequences (3 videos of 51×64×64 bytes = 612 KiB raw):
-zlib (TFDS default level) 3.3 KB + 3.3 KB + 0.4 KB, 1.4 ms to decode all three;
-bit-packing + zlib would save another 27 % (5.2 KB, 0.4 ms) but needs a custom
-feature class that every reader must import, so the standard encoding wins.
-Decoding 16 sequences of 64×64×51 (balls678mass64_small, one thread): every stored field
-11.3 ms, ``keys=("features",)`` 4.1 ms (32×32×21 tiny config: 2.5 ms and 0.9 ms).
+Storage: frames are ``tfds.features.Tensor(..., encoding='zlib')`` uint8. Bit-packing
+before zlib would be somewhat smaller but needs a custom feature class that every reader
+must import, so the standard encoding wins; decoding only the fields a step reads is
+what saves time (docs/design.md#measured-choices).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The (R)NN-EM loop as pure functions (paper §2-3, REFERENCE §2-§4.6).
+"""The (R)NN-EM loop as pure functions (paper §2, Eqs. 2-4; docs/design.md#em-loop).
 
 Layout: frames are time-major ``features: [T+1, B, H, W, C]``; per step the
 predictions are ``psi: [B, K, H, W, C]`` and the soft assignments
@@ -95,9 +95,8 @@ def sum_components(v: jnp.ndarray) -> jnp.ndarray:
 
   The same sum as ``jnp.sum(v, axis=1)`` up to rounding order. XLA:CPU hands a
   reduction over a non-minor axis, fused with its elementwise producers, to a
-  slow library kernel; with the additions in the E-step and the loss the whole
-  training step takes 0.95x (B16 K5 T10 64x64) and 0.91x (B16 K5 T20 32x32) the
-  time (``results/perf/compare_em.json``).
+  slow library kernel; the additions in the E-step and the loss make the whole
+  training step faster (docs/design.md#measured-choices).
   """
   return functools.reduce(jnp.add, [v[:, k] for k in range(v.shape[1])])
 
@@ -144,7 +143,10 @@ def e_step(x_next: jnp.ndarray, psi: jnp.ndarray, distribution: str = "bernoulli
 
 
 def simulated_e_step(psi: jnp.ndarray, threshold: float = 0.1) -> jnp.ndarray:
-  """E-step with no target (simulation, REFERENCE §4.6): target = [max_k psi > threshold]."""
+  """E-step with no target (simulation): target = [max_k psi > threshold].
+
+  Paper appendix A.1, "Simulation"; docs/design.md#simulation.
+  """
   target = (jnp.max(psi, axis=1) > threshold).astype(psi.dtype)
   return e_step(target, psi)
 
@@ -203,7 +205,7 @@ class Rollout(NamedTuple):
 
 
 def tile_actions_like_reference(actions: jnp.ndarray, K: int) -> jnp.ndarray:
-  """The reference code's action tiling (REFERENCE §7 bug A1), for diagnostics only.
+  """The authors' code's action tiling (bug A1, docs/design.md#a1-action-tiling), a diagnostic.
 
   ``actions: [T+1, B] -> [T+1, B, K]`` where component k of sequence b gets the
   action of sequence (b*K + k) mod B: the reference tiles the [B, A] embedding
@@ -271,7 +273,7 @@ def rollout(network, params, features: jnp.ndarray, key: jax.Array, *, K: int,
     action_tiling: ``"per_sequence"`` (ours): every component of a sequence
       gets its action. ``"reference"`` (a diagnostic): the reference code's
       bug A1, see :func:`tile_actions_like_reference`.
-    num_real_steps: simulation (SPEC D7, paper §4 "Simulation", appendix A):
+    num_real_steps: simulation (paper §4 "Simulation", appendix A.1; docs/design.md#simulation):
       from step N on, the input is the model's own soft reconstruction
       sum_k gamma psi (bit-flip noise is applied to it as to a real frame) and
       gamma comes from the thresholded max of psi instead of the true frame; the
@@ -416,7 +418,7 @@ def _split_batch(step, carry0, xs, splits: int):
 
 
 def training_loss(network, params, features, key, *, K: int, actions=None, **kwargs):
-  """Mean over the T steps of the EM loss (REFERENCE §3), and the rollout's losses.
+  """Mean over the T steps of the EM loss (docs/design.md#loss), and the rollout's losses.
 
   With ``train_sim_steps=S`` (and ``sim_gradient``; see :func:`rollout`) the last S terms are
   the losses of simulated steps against the true frames: the objective of the ``*_sim`` models.

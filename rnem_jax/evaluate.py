@@ -1,4 +1,4 @@
-"""Evaluation (SPEC D6) and simulation rollouts (SPEC D7) of a trained model.
+"""Evaluation and simulation rollouts of a trained model (docs/design.md#metrics, #simulation).
 
 Protocol (as the reference): bit-flip noise on the inputs and a random gamma0,
 both from a fixed seed, so numbers are reproducible; targets are clean frames.
@@ -143,7 +143,7 @@ def ball_fields(examples: list[dict], num_frames: int, max_balls: int) -> dict:
 
 
 def summarise(curves: dict[str, np.ndarray]) -> dict:
-  """Per-step mean curves ``{name: [T]}`` -> the scalar metrics of SPEC D6."""
+  """Per-step mean curves ``{name: [T]}`` -> the scalar metrics (docs/design.md#metrics)."""
   out = {}
   for name in ("bce", "relational_bce"):
     if name not in curves:
@@ -307,7 +307,7 @@ def evaluate(config, workdir: str, *, dataset: str = "", K: int = 0, split: str 
 def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int = 0,
             dataset: str = "", output: str = "rollout.json", simulate_input: bool = True,
             simulate_gamma: bool = True) -> dict:
-  """Simulation (SPEC D7): N real steps, then the model feeds itself; per-step BCE and, on
+  """Simulation (paper §4, Fig. 4): N real steps, then the model feeds itself; per-step BCE and, on
   balls datasets, per-step object metrics: ``balls_kept_per_step`` (the fraction of balls the
   prediction still renders), ``position_error_px_per_step`` (of the kept balls' rendered
   centroid) and ``swap_rate_per_step`` (identity swaps between components), also for the held
@@ -384,7 +384,7 @@ def rollout_ablation(config, workdir: str, output: str = "rollout_ablation.json"
 
 
 # ---------------------------------------------------------------------------
-# Object permanence on the occlusion (curtain) set (paper §4.1, Figure 5).
+# Object permanence on the occlusion (curtain) set (paper §4 "Hidden Factors", Figure 5).
 
 OCCLUSION_MASKS = ("hidden_partial", "hidden_full", "reappearing", "empty_curtain")
 

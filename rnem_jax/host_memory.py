@@ -1,10 +1,10 @@
 """Keep freed host memory for reuse, so that XLA:CPU does not page-fault its buffers every call.
 
-XLA:CPU allocates an executable's temporary buffer (1.1 GB for the B16 K5 T10 64x64 training
-step) on every call, from the thread that runs it. glibc serves a request of more than its
+XLA:CPU allocates an executable's temporary buffer (large for a training step) on every
+call, from the thread that runs it. glibc serves a request of more than its
 thread arenas' 64 MB from a fresh ``mmap`` and gives it back with ``munmap`` when freed, so
-every call faults the whole buffer in again. Measured on a 2-core CPU: 287k page faults and
-0.6-0.7 s of kernel time per 1.6 s training step.
+every call faults the whole buffer in again, which costs a large share of each training step
+in kernel time (docs/design.md#measured-choices).
 
 ``reuse_freed_memory()`` sets three glibc ``mallopt`` parameters: one arena for all threads
 (the main arena, which can hold a chunk of any size), no ``mmap`` for large chunks, and no
@@ -14,8 +14,8 @@ computation is unchanged; the process keeps its peak memory until it exits.
 Not every later call reuses it: a freed buffer-sized chunk can be split to serve small
 allocations made between calls, is then too small for the next buffer, and that call carves its
 buffer from fresh memory at the heap's top, faulting it in again and growing the heap by one
-buffer (``results/perf/kept_heap_warmup.py``). Measured: 0-8 of 30 calls of a 98 MB temporary,
-mostly the first few; 0-1 of 40 training steps with the 1.1 GB buffer of B16 K5 T10.
+buffer (``results/perf/kept_heap_warmup.json``). Measured: a few calls per process, mostly the
+first few (docs/design.md#measured-choices).
 
 It must run before the first JAX computation: threads that have already allocated keep their
 own arenas. It only helps XLA:CPU: once the backend is known, ``for_backend`` undoes it on GPU

@@ -1,17 +1,18 @@
-"""Layers with the TF-slim conventions the reference R-NEM code was trained with.
+"""Layers with the TF-slim conventions the authors' R-NEM code was trained with.
 
 Every affine layer is ``linear (with bias) -> optional layer norm -> activation``
-(REFERENCE §1.1): Glorot-uniform kernels, zero biases, layer norm over all
-non-batch axes with a per-channel gain/shift and epsilon 1e-12, TF 'SAME'
-padding, and decoder "deconvolutions" made of a nearest-neighbour resize with
-the legacy TF index rule ``src = floor(i * in / out)`` followed by a stride-1
-convolution.
+(docs/design.md#layers-and-initialisation): Glorot-uniform kernels, zero biases,
+layer norm over all non-batch axes with a per-channel gain/shift and epsilon
+1e-12, TF 'SAME' padding, and decoder "deconvolutions" made of a nearest-neighbour
+resize with the legacy TF index rule ``src = floor(i * in / out)`` followed by a
+stride-1 convolution (paper appendix A.1).
 
 Convolutions have two implementations with the same maths (``impl`` of ``conv2d`` and of
 the modules; a config's ``model.conv_impl``, see ``resolve_conv_impl``):
 ``"xla"`` hands TF-SAME convolutions to ``lax.conv_general_dilated`` as written;
 ``"fast"`` (the default) rewrites them so that only stride-1 convolutions remain,
-whose gradients XLA:CPU computes quickly (``rnem_jax/benchmark.py`` measures both):
+whose gradients XLA:CPU computes quickly (``rnem_jax/benchmark.py`` measures both;
+docs/design.md#measured-choices):
 
 * a stride-s convolution is a stride-1 convolution of the space-to-depth
   rearranged input (s*s*C channels) with the correspondingly rearranged kernel;
@@ -29,8 +30,8 @@ whose gradients XLA:CPU computes quickly (``rnem_jax/benchmark.py`` measures bot
   output gradient (channel-major) and the shifted input;
 * convolutions with at most ``THIN_CHANNELS`` input or output channels (the
   encoder's one-channel frames, the decoder's last layer), which XLA:CPU's
-  convolution kernels run at a few GFLOP/s, are matrix products in both
-  directions (``_conv_valid``, ``_thin_output_vjp``, ``_thin_input_dx``).
+  convolution kernels run slowly, are matrix products in both directions
+  (``_conv_valid``, ``_thin_output_vjp``, ``_thin_input_dx``).
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def _conv(x: jnp.ndarray, kernel: jnp.ndarray, padding) -> jnp.ndarray:
 
 
 # Channel counts at or below this are "thin": XLA:CPU's convolution kernels run
-# them at a few GFLOP/s, so such convolutions become matrix products instead.
+# them slowly, so such convolutions become matrix products instead
+# (docs/design.md#measured-choices).
 THIN_CHANNELS = 4
 
 
@@ -238,10 +240,11 @@ def _conv_stride1(x: jnp.ndarray, kernel: jnp.ndarray, padding) -> jnp.ndarray:
   JAX's own kernel-gradient convolution contracts over the batch through
   non-canonical dimension numbers; XLA:CPU re-lays it out well in straight-line
   code but not inside a ``while`` loop (a rolled ``lax.scan``), where it runs
-  ~10x slower. Here d/dx is a forward convolution with the flipped kernel and
+  many times slower. Here d/dx is a forward convolution with the flipped kernel and
   d/dkernel a matrix product per tap (dy [F, N*H*W] times the shifted input
-  [N*H*W, C]; per layer up to 2x faster than one batch-contracting convolution); thin
-  channels use matrix products throughout (see ``_conv_valid``).
+  [N*H*W, C]; faster per layer than one batch-contracting convolution); thin
+  channels use matrix products throughout (see ``_conv_valid``). Measurements:
+  docs/design.md#measured-choices.
   """
   return _conv_valid(_pad_spatial(x, padding), kernel)
 
@@ -264,7 +267,7 @@ def _conv_stride1_bwd(padding, res, dy):
   # d/dkernel: per tap, one matrix product of the channel-major output gradient
   # [F, pixels] (one transposed copy of dy) and the input's view shifted by the tap
   # [pixels, C] (a slice of x as it is laid out); [F, C] per tap, transposed once at the end.
-  # Faster than shifting either operand channel-major (0.75-1.0x per layer).
+  # No slower than shifting either operand channel-major (docs/design.md#measured-choices).
   xp = _pad_spatial(x, padding)
   c = xp.shape[-1]
   h, w, f = dy.shape[1:]

@@ -1,4 +1,4 @@
-"""Evaluation metrics of SPEC D6: the BCE family and the foreground ARI.
+"""Evaluation metrics: the BCE family and the foreground ARI (docs/design.md#metrics).
 
 Every function is pure and jit-able and works for any number of pixel axes:
 per-component tensors are ``[B, K, *S]`` and per-frame tensors ``[B, *S]``,
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Clipping constant of the reference BCE (REFERENCE §3): a confident miss costs
+# Clipping constant of the authors' BCE (docs/design.md#loss): a confident miss costs
 # -log(1e-6) ≈ 13.8155 nats.
 BCE_EPS = 1e-6
 
@@ -41,7 +41,7 @@ def _check_per_component(name_c, per_component, name_f, per_frame):
 def clipped_bce(pred: jax.Array, target: jax.Array) -> jax.Array:
   """Elementwise -[x log p̄ + (1 - x) log(1 - p̄)], p̄ = clip(p, 1e-6, 1 - 1e-6).
 
-  REFERENCE §3. ``1 - p`` is clipped on its own rather than formed from the
+  docs/design.md#loss. ``1 - p`` is clipped on its own rather than formed from the
   clipped ``p``, which is the same in exact arithmetic but keeps float32 from
   rounding ``1 - 1e-6``: a confident miss costs -log(1e-6) in both directions.
 
@@ -79,7 +79,7 @@ def _summed_bce(pred, target, mask):
 
 def upper_bound_bce(psi: jax.Array, x_next: jax.Array,
                     mask: Optional[jax.Array] = None) -> jax.Array:
-  """"Upper-bound" BCE of the paper (footnote 4; REFERENCE §4.2, intra-UB).
+  """"Upper-bound" BCE of the paper (footnote 4; docs/design.md#bce).
 
   The BCE of m = max_k psi_k against the next frame, summed over pixels and
   channels. Needs no gamma, so it is comparable across models and K.
@@ -99,10 +99,11 @@ def upper_bound_bce(psi: jax.Array, x_next: jax.Array,
 
 def copy_baseline_bce(x_t: jax.Array, x_next: jax.Array,
                       mask: Optional[jax.Array] = None) -> jax.Array:
-  """BCE of the baseline that predicts frame t+1 = frame t (REFERENCE §4.4).
+  """BCE of the baseline that predicts frame t+1 = frame t (paper Fig. 3).
 
   Scored with :func:`clipped_bce`, so with binary frames each changed pixel
-  costs -log(1e-6) ≈ 13.8155 nats and each unchanged pixel ≈ 1e-6.
+  costs -log(1e-6) ≈ 13.8155 nats and each unchanged pixel ≈ 1e-6
+  (docs/design.md#copy-frame-baseline).
 
   Args:
     x_t: [B, *S] the current frame, used as the prediction.
@@ -124,13 +125,13 @@ def _pairs(counts):
 
 
 def adjusted_rand_index(groups: jax.Array, gamma: jax.Array, num_groups: int = 255) -> jax.Array:
-  """Foreground ARI of argmax_k gamma against the ground-truth groups (SPEC D6).
+  """Foreground ARI of argmax_k gamma against the ground-truth groups (paper appendix A).
 
   Equals ``sklearn.metrics.adjusted_rand_score`` on the pixels whose group id
   is > 0, including its special case: ARI = 1 whenever the two partitions
   agree on every pair, which covers both partitions being one cluster, both
-  being all singletons, and 0 or 1 foreground pixels. (The reference's
-  float32 code gives 0 in these cases, REFERENCE §4.3 / A5.) Pair counts are
+  being all singletons, and 0 or 1 foreground pixels. (The authors' float32
+  code gives 0 in these cases; docs/design.md#foreground-ari.) Pair counts are
   exact int32 (at most 65536 pixels per image) and the final ratio, formed as
   in sklearn from the four pair counts, is accurate to ~1e-7 in float32.
 
@@ -195,7 +196,7 @@ def _ari(groups, gamma, num_groups):
 
 
 def confidence(groups: jax.Array, gamma: jax.Array) -> jax.Array:
-  """Mean over foreground pixels (group id > 0) of max_k gamma (REFERENCE §4.3).
+  """Mean over foreground pixels (group id > 0) of max_k gamma (docs/design.md#foreground-ari).
 
   Args:
     groups: [B, *S] ground-truth ids, 0 = ignored; floats are rounded.

@@ -4,8 +4,9 @@ All K components share one network; components are folded into the batch axis
 for the convolutions (``[B, K, H, W, C] -> [B*K, H, W, C]``, K the fast index)
 and unfolded to ``[B, K, M]`` for the cell, so nothing depends on K.
 
-Architectures (REFERENCE §1.2 balls, §1.4 Atari) are data (``Architecture``),
-derived from the image size, so 32x32 frames are a config change.
+Architectures (balls: paper appendix A.1; Atari: docs/design.md#atari-network) are
+data (``Architecture``), derived from the image size, so 32x32 frames are a config
+change.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Architecture:
 
 
 def balls_architecture(image_size: int = 64, channels: int = 1) -> Architecture:
-  """REFERENCE §1.2 scaled to ``image_size`` (must be a multiple of 8).
+  """Paper appendix A.1 (items 1-4, 6-10) scaled to ``image_size`` (a multiple of 8).
 
   64x64: conv 16/32/64 (4x4, stride 2) -> fc 512; fc 512 -> fc 8*8*64 ->
   resize-conv to 16 (32 ch), 32 (16 ch), 64 (1 ch, sigmoid).
@@ -87,7 +88,7 @@ def balls_architecture(image_size: int = 64, channels: int = 1) -> Architecture:
 
 
 def atari_architecture(image_size: int = 84, channels: int = 1) -> Architecture:
-  """REFERENCE §1.4 / SPEC D5 (the reference code's 84x84 network, not the paper's listing)."""
+  """The authors' code's 84x84 network, not paper A.2's listing (docs/design.md#atari-network)."""
   if image_size != 84:
     raise ValueError(f"the Atari network is defined for 84x84 frames, got {image_size}")
   return Architecture(
@@ -147,7 +148,7 @@ class NEMNetwork(nn.Module):
     hidden: recurrent size M.
     interaction_sizes: (enc, embed, effect, attention) units of Upsilon^{R-NEM}.
     num_actions: > 0 feeds one-hot actions through fc(action_embed) -> LN -> ReLU
-      to the cell (Atari, SPEC D5); 0 for none.
+      to the cell (Atari, docs/design.md#actions); 0 for none.
     action_embed: units of the action embedding.
     conv_impl: ``"fast"`` or ``"xla"`` convolutions (``layers.conv2d``); the
       same parameters and maths either way.

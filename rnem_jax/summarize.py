@@ -20,13 +20,13 @@ directories may be gone) into this one, exactly: the mean and the ddof=1 standar
 the union of the seeds, from each side's mean, std and count (``pool``):
 
   python -m rnem_jax.summarize --runs=RUNS/cpu_4000/rnem_s2,RUNS/cpu_4000/rnn_em_s2 \
-      --pool=results/cpu/seeds_4000/summary.json --out=results/cpu/seeds_4000_3/summary.json
+      --pool=EARLIER/summary.json --out=OUT/summary.json
 
 ``--budget_dir`` compares training budgets run by run instead (the same model and seed
 evaluated after different numbers of steps, from copies of its workdir):
 
   python -m rnem_jax.summarize --runs=RUNS/cpu/rnem_s0,RUNS/cpu_4000/rnem_s0 \
-      --budget_dir=results/cpu/budget
+      --budget_dir=OUT/budget
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def _curve_stats(curves: Sequence[Sequence[Optional[float]]]) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# The report: tables and the paper's claims (paper §4; REFERENCE §8).
+# The report: tables and the paper's claims (paper §4 and Figures 3-6).
 
 def ordered(summary: dict) -> list[str]:
   """Config names of ``summary`` in report order (unknown models last)."""
@@ -463,7 +463,7 @@ EXPERIMENT_NAMES = {
     "atari": ("CPU reproduction, Space Invaders: summary", "Space Invaders test set",
               "Space Invaders"),
 }
-# Paper §4.1 (Table in the text; 64x64, paper scale): test BCE / relational BCE.
+# Paper §4, "Hidden Factors" (numbers in the text; 64x64, paper scale): test BCE / relational BCE.
 PAPER_CURTAIN = {"rnem": (46.22, 2.33), "lstm": (59.32, 2.72), "rnn": (94.64, 4.14)}
 
 

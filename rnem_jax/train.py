@@ -4,17 +4,19 @@ One training step = ``value_and_grad`` of the mean EM loss over the T steps
 (one ``lax.scan``) followed by an optax update, all inside one ``jax.jit``.
 
 Rolled or unrolled: on XLA:CPU, differentiating a rolled ``lax.scan`` whose
-body holds convolutions with XLA's own convolution gradients is 10-20x slower
-than the same graph unrolled. ``rnem_jax.layers`` gives the convolutions
+body holds convolutions with XLA's own convolution gradients is many times
+slower than the same graph unrolled. ``rnem_jax.layers`` gives the convolutions
 gradients written as forward convolutions, which run as fast inside a rolled
-scan; the remaining choice is the config's ``train.unroll`` (unrolled: ~9%
-faster steps, 2.6x the compile time at 32x32 B16 K5 T15) and ``train.remat``
-(per-step rematerialisation: the paper-scale step fits in 2.4 GB).
+scan; the remaining choice is the config's ``train.unroll`` (unrolled: somewhat
+faster steps, much longer compiles) and ``train.remat`` (per-step
+rematerialisation: a fraction of the memory at paper scale).
 
 ``train.batch_splits``: each EM step as that many independent sub-graphs, one
-per slice of the batch (``em.rollout``; the same loss and gradients). On this
-2-core CPU one step's ops use the two threads poorly (1.4x a 1-core step);
-two independent slices give XLA:CPU's executor work to run side by side.
+per slice of the batch (``em.rollout``; the same loss and gradients). On a
+2-core CPU one step's ops use the two threads poorly; two independent slices
+give XLA:CPU's executor work to run side by side.
+
+The numbers behind these choices: docs/design.md#measured-choices.
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def make_train_step(network, tx, *, K: int, noise_prob: float, unroll=True, rema
 
 
 # ---------------------------------------------------------------------------
-# Devices: a 1-D ('data',) mesh; params replicated, batches sharded on B (SPEC D2).
+# Devices: a 1-D ('data',) mesh; params replicated, batches sharded on B
+# (docs/design.md#data-parallelism).
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -246,8 +249,8 @@ def validate_config(config, num_devices: int, num_processes: int = 1) -> None:
   resolve_conv_impl(config.model.get("conv_impl", "auto"))
 
 
-# One measured paper-scale step (B=64, K=5, T=30, 64x64 balls, rolled + remat): 22.3 s on a
-# 2-core CPU (README, Performance). CPU cost scales about with B*K*T*pixels / cores.
+# One measured paper-scale step (B=64, K=5, T=30, 64x64 balls, rolled + remat) on a 2-core CPU
+# (docs/design.md#measured-choices). CPU cost scales about with B*K*T*pixels / cores.
 _CPU_REFERENCE = dict(seconds=22.3, work=64 * 5 * 30 * 64 * 64, cores=2)
 
 

@@ -107,7 +107,7 @@ def colour_gamma(gamma: np.ndarray, colours: np.ndarray) -> np.ndarray:
 
 def attention_overlay(psi: np.ndarray, alpha: np.ndarray, k: int,
                       colours: np.ndarray) -> np.ndarray:
-  """Component k's prediction with alpha_{k,i} * psi_i drawn on it in colour i (paper §4.1).
+  """Component k's prediction with alpha_{k,i} * psi_i drawn on it in colour i (paper §4, Fig. 2).
 
   Args:
     psi: [K, H, W, C] predictions of one step; alpha: [K, K] attention.
@@ -453,7 +453,7 @@ def figure3_summary(summary: dict, suffix: str = "last", test_set: str = "4 ball
     ax.set_xticklabels([t for _, t in sets], fontsize=8)
     ax.set_title(title, fontsize=9)
     if "ari" in key:
-      ax.set_ylim(0.0, 1.0)   # BCE ratios keep their own range: the models differ by ~0.01-0.05
+      ax.set_ylim(0.0, 1.0)   # BCE ratios keep their own range: the models differ by little
   axes[0].legend(fontsize=7)
   fig.tight_layout()
   return fig

@@ -1,4 +1,6 @@
-"""bouncing_balls: pymunk bouncing balls of two types (R-NEM, ICLR 2018, §4; SPEC D8).
+"""bouncing_balls: pymunk bouncing balls of two types (R-NEM, ICLR 2018, §4 and appendix A.1).
+
+Our generator and its choices: docs/design.md#bouncing-balls.
 
 Thin TFDS builder; the physics and rendering live in ``rnem_jax.sim.balls``.
 Build with ``python -m rnem_jax.data build bouncing_balls/<config>``.

@@ -1,4 +1,6 @@
-"""curtain: 3 equal-mass bouncing balls behind an invisible occluder (R-NEM §4.1; SPEC D8).
+"""curtain: 3 equal-mass bouncing balls behind an invisible occluder (R-NEM §4 "Hidden Factors").
+
+Our generator and its choices: docs/design.md#curtain.
 
 Thin TFDS builder; the physics and rendering live in ``rnem_jax.sim.balls``.
 Build with ``python -m rnem_jax.data build curtain/<config>``.

@@ -1,8 +1,8 @@
-"""space_invaders: binarised Atari Space Invaders frames and actions (R-NEM §4.2; SPEC D8).
+"""space_invaders: binarised Atari Space Invaders frames and actions (R-NEM appendix A.2).
 
 Thin TFDS builder; the emulator rollouts live in ``rnem_jax.sim.atari``. Unlike
 the paper (frames of a pre-trained DQN), the default policy is a seeded
-scripted one (see README.md). Build with
+scripted one (see README.md and docs/design.md#space-invaders). Build with
 ``python -m rnem_jax.data build space_invaders/<config>``.
 """
 

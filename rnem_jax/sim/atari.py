@@ -1,4 +1,4 @@
-"""Space Invaders sequences from the Arcade Learning Environment (SPEC D8, REFERENCE §6.3).
+"""Space Invaders sequences from the Arcade Learning Environment (paper appendix A.2).
 
 ``ALE/SpaceInvaders-v5`` through gymnasium with frame skip 4 and the standard
 Atari preprocessing (greyscale, 84×84, max over the last two raw frames), no
@@ -9,6 +9,7 @@ The paper recorded frames of a pre-trained DQN; that network is not available.
 Our default policy is :class:`ScriptedPolicy`, seeded per sequence: it walks
 left/right in random stretches and fires often, so aliens die, bullets fly and
 the formation moves. Any callable with the :data:`Policy` signature can replace it.
+See docs/design.md#space-invaders.
 
 Per example (``T+1 = num_frames``):
   features (T+1, 84, 84, 1) uint8 in {0, 1};

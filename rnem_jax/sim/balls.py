@@ -1,9 +1,10 @@
 """Bouncing balls with real rigid-body physics (pymunk), rendered to binary frames.
 
 This is the generator behind the ``bouncing_balls`` and ``curtain`` TFDS builders
-(SPEC D8, REFERENCE §6.2): elastic, frictionless balls without gravity in a box
-whose walls are the frame border, two ball types (light: radius r, mass 1;
-heavy: radius 1.25·r, mass 6), non-overlapping random starts, random directions.
+(paper §4 and appendix A.1; our choices in docs/design.md#bouncing-balls): elastic,
+frictionless balls without gravity in a box whose walls are the frame border, two ball
+types (light: radius r, mass 1; heavy: radius 1.25·r, mass 6), non-overlapping random
+starts, random directions.
 
 Coordinates. A position is ``(x, y)`` in pixels: ``x`` runs along image columns,
 ``y`` along image rows, and pixel ``[row, col]`` covers ``[col, col+1) × [row,
@@ -60,7 +61,8 @@ class BallsConfig:
       heavy_probability: probability that a ball is heavy (0 = all light, equal mass).
       speed: mean initial speed (px / frame); each ball draws its speed uniformly
         in ``speed · [1 - speed_jitter, 1 + speed_jitter]`` and a uniform direction.
-      substeps: physics sub-steps per frame (>= 5 keeps kinetic energy to ~1e-9).
+      substeps: physics sub-steps per frame (>= 5 conserve kinetic energy; see
+        docs/design.md#measured-choices).
       curtain_size: side (px) of the invisible square occluder, or ``None``.
     """
 
