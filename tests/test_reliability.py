@@ -80,6 +80,7 @@ def test_sigterm_then_the_same_command_equals_an_uninterrupted_run(tmp_path, dat
   assert r.returncode == 0, r.stderr[-3000:]
   assert _latest_meta(cut)[1]["fingerprint"] == _latest_meta(whole)[1]["fingerprint"]
   a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
+  a.pop("provenance"), b.pop("provenance")   # the code's revision may move between the runs
   assert a == b
   assert [r["step"] for r in _train_rows(cut)] == list(range(1, 41))
   assert _train_rows(cut) != [] and [r["loss"] for r in _train_rows(cut)] == [
@@ -154,6 +155,19 @@ def test_divergence_stops_naming_the_step_and_keeps_a_good_checkpoint(tmp_path, 
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.loads((wd / "metrics.json").read_text())
   assert all(v == v and abs(v) < float("inf") for k, v in m.items() if isinstance(v, float))
+
+
+def test_saturated_units_stop_the_run_instead_of_training_on_nothing(tmp_path, data_dir,
+                                                                   compile_cache):
+  """learning_rate=1e6: after one step every gradient is exactly zero; the run stops after
+  train.STALL_STEPS such steps (with a non-zero status) instead of finishing its budget."""
+  env, wd = _env(compile_cache, data_dir), tmp_path / "run"
+  r = _run(_args(wd, "--mode=train", "--config.train.learning_rate=1e6",
+                 "--config.train.max_steps=60"), env)
+  assert r.returncode == 1
+  (message,) = _errors(r.stderr)
+  assert message.startswith("error: gradients exactly zero for 20 steps (to step 21)")
+  assert "change the config (e.g. a lower train.learning_rate)" in message
 
 
 def test_resume_with_another_learning_rate_is_refused_without_the_override(
