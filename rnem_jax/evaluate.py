@@ -104,7 +104,7 @@ def step_metrics(network, params, batch: dict, key, *, K: int,
 
 
 # Per-sequence object sums -> the per-step curves of a rollout record: name -> (num, den).
-OBJECT_CURVES = {"balls_kept": ("balls_kept", "balls"),
+OBJECT_CURVES = {"balls_kept": ("balls_kept", "balls"), "ball_mass": ("ball_mass_sum", "balls"),
                  "position_error_px": ("position_error_sum", "position_error_count"),
                  "swap_rate": ("swaps", "tracked")}
 
@@ -114,7 +114,9 @@ def object_sums(psi, gamma, batch: dict) -> dict:
   (``rnem_jax.objects``; ``OBJECT_CURVES`` turns their means into per-ball rates): valid balls,
   balls kept (still rendered: mean predicted intensity on the true disc > 0.5), the summed
   and counted position error (px) of the kept balls, and identity swaps among the balls kept
-  at both t-1 and t. ``psi``/``gamma``: [T, B, K, H, W, 1] (``gamma`` None: from psi)."""
+  at both t-1 and t, and the summed ball mass (mean predicted intensity on the true disc: a
+  ball that fades shows here before it drops out of ``balls_kept``). ``psi``/``gamma``:
+  [T, B, K, H, W, 1] (``gamma`` None: from psi)."""
   valid = batch["valid"][0] > 0
   o = objects.object_metrics(psi, gamma, batch["positions"], batch["radii"][0], valid,
                              tuple(psi.shape[3:5]))
@@ -122,7 +124,9 @@ def object_sums(psi, gamma, batch: dict) -> dict:
   err_ok = kept & jnp.isfinite(o["position_error"])
   swaps = o["swap"] & o["tracked"]
   f32 = lambda v: jnp.sum(v, axis=-1).astype(jnp.float32)
+  mass = jnp.where(valid, jnp.nan_to_num(o["mass"]), 0.0)
   return {"balls": jnp.broadcast_to(f32(valid), kept.shape[:2]), "balls_kept": f32(kept),
+          "ball_mass_sum": f32(mass),
           "position_error_sum": f32(jnp.where(err_ok, o["position_error"], 0.0)),
           "position_error_count": f32(err_ok), "swaps": f32(swaps), "tracked": f32(o["tracked"])}
 

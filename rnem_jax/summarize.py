@@ -47,7 +47,7 @@ METRICS = ("bce_last", "bce_last10", "bce_last_rel", "bce_last10_rel", "relation
            "components_used_last", "baseline_bce_last",
            "baseline_relational_bce_last")
 # Object-level rollout curves of balls runs (rnem_jax.objects; rollout.json's "<name>_per_step").
-ROLLOUT_OBJECT_CURVES = ("balls_kept", "position_error_px", "swap_rate")
+ROLLOUT_OBJECT_CURVES = ("balls_kept", "ball_mass", "position_error_px", "swap_rate")
 
 FILES = (("metrics.json", ""), ("metrics_extrapolation.json", "_678"))
 # occlusion.json (curtain runs; rnem_jax.evaluate.occlusion): object permanence.
@@ -381,13 +381,17 @@ def simulation_table(summary: dict, sim_steps: Sequence[int] = (1, 5, 10)) -> li
   n_steps = len(summary[names[0]]["rollout_bce"]["mean"])
   sim_steps = [s for s in sim_steps if n_real + s <= n_steps]
   cols = [("BCE", "rollout_bce", 0), ("balls kept", "rollout_balls_kept", 2),
+          ("ball mass", "rollout_ball_mass", 2),
           ("position error px", "rollout_position_error_px", 1)]
   head = [f"{what} @ sim {s}" for what, _, _ in cols for s in sim_steps]
   rows = ["| model | seeds | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
   for name in names:
     cells = []
     for _, key, digits in cols:
-      r = summary[name][key]
+      r = summary[name].get(key)
+      if r is None:   # runs evaluated before the curve existed
+        cells += ["–"] * len(sim_steps)
+        continue
       for s in sim_steps:
         i = n_real + s - 1
         stat = None if r["mean"][i] is None else {"mean": r["mean"][i], "std": r["std"][i] or 0.0,
@@ -396,7 +400,9 @@ def simulation_table(summary: dict, sim_steps: Sequence[int] = (1, 5, 10)) -> li
     rows.append(f"| {label(name)} | {summary[name]['rollout_bce']['seeds']} | "
                 + " | ".join(cells) + " |")
   return rows + ["", "Balls kept: the share of true balls whose disc the predicted frame still "
-                 "covers (mean intensity > 0.5); position error: the distance from the true "
+                 "covers (mean intensity > 0.5); ball mass: that mean intensity on the true discs "
+                 "(a fading ball loses mass before it is lost); position error: the distance "
+                 "from the true "
                  "centre of the predicted intensity's centroid near each kept ball "
                  "(`rnem_jax.objects`)."]
 

@@ -468,14 +468,17 @@ def rollout_summary_figure(summary: dict, references: Optional[dict] = None) -> 
   names = [n for n in in_report_order(summary) if "rollout_bce" in summary[n]]
   if not names:
     raise ValueError("no run in the summary has a rollout")
-  with_objects = all(f"rollout_{key}" in summary[n] for n in names for key, _ in OBJECT_PANELS)
+  # object panels when any run has the curves (runs evaluated before them have BCE only)
+  with_objects = any(f"rollout_{key}" in summary[n] for n in names for key, _ in OBJECT_PANELS)
   colours = component_colours(len(names))
   fig = Figure(figsize=(6 * (3 if with_objects else 1), 3.8), dpi=100)
   axes = _rollout_axes(fig, with_objects)
   keys = ["rollout_bce"] + [f"rollout_{key}" for key, _ in OBJECT_PANELS[:len(axes) - 1]]
   for j, name in enumerate(names):
     for ax, key in zip(axes, keys):
-      r = summary[name][key]
+      r = summary[name].get(key)
+      if r is None:
+        continue
       m, sd = _curve(r["mean"]), np.nan_to_num(_curve(r["std"]))
       x = np.arange(1, len(m) + 1)
       ax.plot(x, m, marker="o", ms=3, color=colours[j],

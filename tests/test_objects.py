@@ -344,5 +344,11 @@ def test_rollout_object_sums_of_the_true_frames(data_dir):
   np.testing.assert_array_equal(perfect["balls_kept"], perfect["balls"])
   assert float(jnp.max(perfect["position_error_sum"])) < 1e-4
   assert float(jnp.sum(perfect["swaps"])) == 0.0
+  # the true frame covers each true disc (its mean intensity there: > 0.5 for every ball)
+  assert np.all(perfect["ball_mass_sum"] > 0.5 * perfect["balls"])
+  assert np.all(perfect["ball_mass_sum"] <= perfect["balls"] + 1e-6)
   empty = evaluate.object_sums(jnp.zeros_like(jnp.asarray(x[1:, :, None])), None, batch)
   assert float(jnp.sum(empty["balls_kept"])) == 0.0
+  assert float(jnp.sum(empty["ball_mass_sum"])) == 0.0
+  half = evaluate.object_sums(0.5 * jnp.asarray(x[1:, :, None]), None, batch)
+  np.testing.assert_allclose(half["ball_mass_sum"], 0.5 * perfect["ball_mass_sum"], rtol=1e-5)

@@ -345,7 +345,7 @@ def test_object_curves_pool_over_seeds_and_steps_nothing_measured_stay_empty(tmp
   assert s["rollout_position_error_px"]["std"][1] == pytest.approx(np.std([3, 5], ddof=1))
   assert s["rollout_references"]["held_balls_kept_per_step"] == [1.0, 0.5, 0.5]
   table = summarize.simulation_table({"rnem_sim_cpu": s}, sim_steps=(1,))
-  assert table[2] == "| R-NEM sim-trained | 2 | 30 ± 0 | 0.00 ± 0.00 | – |"
+  assert table[2] == "| R-NEM sim-trained | 2 | 30 ± 0 | 0.00 ± 0.00 | – | – |"   # no mass curve
   from rnem_jax import visualize
   fig = visualize.rollout_summary_figure({"rnem_sim_cpu": s})
   assert len(fig.axes) == 3
