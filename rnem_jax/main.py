@@ -250,10 +250,13 @@ def run(signals):
     record = evaluate.rollout_ablation(config, FLAGS.workdir)
     for name, curve in record["bce_per_step"].items():
       log.info("rollout BCE per step (%s): %s", name, [round(x, 1) for x in curve])
-  if FLAGS.mode == "visualize" or (FLAGS.mode == "all" and FLAGS.figures):
+  # Figures within --mode=all on one process only: a multi-process job draws them afterwards
+  # with --mode=visualize in a single process (launch/README.md).
+  figures = FLAGS.mode == "all" and FLAGS.figures and jax.process_count() == 1
+  if FLAGS.mode == "visualize" or figures:
     visualize.render_run(config, FLAGS.workdir)
   if FLAGS.mode == "all" and jax.process_index() == 0:
-    _report(config, FLAGS.workdir, FLAGS.figures)
+    _report(config, FLAGS.workdir, figures)
 
 
 def _find_configs(argv):

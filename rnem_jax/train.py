@@ -159,8 +159,15 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def replicate(tree, mesh: Mesh):
-  """Places every array of ``tree`` on every device of ``mesh``."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Places every array of ``tree`` on every device of ``mesh``. With several processes each
+  passes the same host values (a device_put of a process's local device array would make
+  arrays that checkpointing cannot read shard by shard)."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)),
+      tree)
 
 
 def shard_batch(batch: dict, mesh: Mesh, same_on_every_process: bool = False) -> dict:
@@ -374,6 +381,8 @@ class StopSignals:
       signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame):
+    if self.received is not None and not self._defer:
+      return   # already stopping (a repeated signal, or the job's other processes agreed)
     self.received = signum
     if not self._defer:
       raise Preempted(signum, None)
@@ -541,8 +550,13 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
     lock.acquire()
   try:
     with (stop.deferred() if stop is not None else contextlib.nullcontext()):
-      return _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
-                    allow_config_change, (lambda: stop.received) if stop else (lambda: None))
+      try:
+        return _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
+                      allow_config_change, (lambda: stop.received) if stop else (lambda: None))
+      except Preempted as e:
+        if stop is not None and stop.received is None:
+          stop.received = e.signum   # stopped with the other processes: a late signal is moot
+        raise
   finally:
     lock.release()
 

@@ -174,6 +174,22 @@ def test_two_processes_train_resume_evaluate_like_one(tmp_path, data_dir, compil
     p.wait()
   killed_at = max(_last_rows(two, "train"))
   assert 4 <= killed_at < 12
+  # Second attempt: preempted as SLURM does it, SIGTERM to every task (here 0.5 s apart): both
+  # stop at the same step, save it once, exit 143 and say so in one line.
+  procs = start("train", 1000)
+  while time.time() < deadline and not max(_last_rows(two, "train")) >= killed_at + 2:
+    assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  time.sleep(0.5)
+  procs[0].send_signal(signal.SIGTERM)
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode for p in procs] == [143, 143], errs[0][-3000:] + errs[1][-3000:]
+  lines = [e.strip().splitlines()[-1] for e in errs]
+  assert lines[0] == lines[1] and lines[0].startswith("SIGTERM: stopped at step ")
+  stopped = int(lines[0].split("stopped at step ")[1].split(",")[0])
+  assert killed_at + 2 <= stopped < 12
+  assert max(int(n) for n in os.listdir(two / "checkpoints" / "latest") if n.isdigit()) == stopped
   # The same command, resumed, to the end; then evaluation and the rollout, both processes.
   procs = start("all", 12)
   errs = [p.communicate(timeout=900)[1] for p in procs]
