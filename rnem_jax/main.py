@@ -19,6 +19,8 @@ import logging as py_logging
 import os
 import pathlib
 import sys
+import threading
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -97,26 +99,34 @@ def _quiet_background_errors() -> None:
     handler.addFilter(_BackgroundNoise())
   py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
   sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
+  # ... and the writes its failed save left unawaited, reported at exit.
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                          category=RuntimeWarning)
 
 
 class _DropClosedLoopTracebacks:
   """stderr without the tracebacks ending in "RuntimeError: Event loop is closed" that the
-  checkpoint library's storage callbacks print (from C, past every hook) when an event loop
-  that stopped on an error (a full disk) is called back; everything else passes unchanged."""
+  checkpoint library's storage callbacks print (from C, past every hook, from several threads
+  at once) when an event loop that stopped on an error (a full disk) is called back. Each
+  thread's traceback is held until its last line; everything else passes unchanged."""
 
   def __init__(self, stream):
-    self._stream, self._held = stream, []
+    self._stream, self._held = stream, {}
 
   def write(self, text: str) -> int:
-    if not self._held and not text.startswith("Traceback (most recent call last)"):
+    me = threading.get_ident()
+    held = self._held.get(me)
+    if held is None and not text.startswith("Traceback (most recent call last)"):
       return self._stream.write(text)
-    self._held.append(text)
-    block = "".join(self._held)
+    held = (held or []) + [text]
+    block = "".join(held)
     last = block.rstrip("\n").split("\n")[-1]
     if block.endswith("\n") and last and not last.startswith((" ", "Traceback")):
-      self._held = []
+      self._held.pop(me, None)
       if last != "RuntimeError: Event loop is closed":
         self._stream.write(block)
+    else:
+      self._held[me] = held
     return len(text)
 
   def flush(self) -> None:
