@@ -50,6 +50,15 @@ def workdir_path(workdir) -> epath.Path:
   return epath.Path(os.path.abspath(os.path.expanduser(str(workdir))))
 
 
+def write_atomic(path: epath.Path, text: str) -> None:
+  """Writes ``text`` to ``path`` through a temporary file renamed over it: a reader (or a run
+  killed mid-write) sees the old file or the new one, never half of one, where the filesystem
+  renames atomically (local disks; on gs:// the rename is a copy)."""
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
 def fingerprint(tree: Any) -> str:
   """SHA-256 of every leaf's dtype, shape and bytes (replicated arrays: this process's copy)."""
   h = hashlib.sha256()

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rnem_jax import data, em, metrics, objects
-from rnem_jax.checkpoints import CheckpointError, Checkpoints, workdir_path
+from rnem_jax.checkpoints import CheckpointError, Checkpoints, workdir_path, write_atomic
 from rnem_jax.model import build_network, init_params
 from rnem_jax.provenance import provenance
 from rnem_jax.train import (check_compatible, check_data_fits_model,
@@ -269,9 +269,7 @@ def _write_json(path, record: dict) -> None:
   code's provenance (git revision, package versions)."""
   record["provenance"] = provenance()   # the caller's record is the file's
   if jax.process_index() == 0:
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(record, indent=2))
     log.info("wrote %s", path)
 
 

@@ -48,7 +48,7 @@ from tensorboardX import SummaryWriter
 
 from rnem_jax import data, em
 from rnem_jax.checkpoints import (Checkpoints, WorkdirLock, check_resume_config,
-                                  workdir_path)
+                                  workdir_path, write_atomic)
 from rnem_jax.layers import resolve_conv_impl
 from rnem_jax.model import build_network, init_params
 from rnem_jax.provenance import provenance
@@ -335,9 +335,7 @@ class _Logger:
       if path.exists():
         rows = [line for line in path.read_text().splitlines(keepends=True)
                 if line.strip() and json.loads(line)["step"] <= resume_step]
-        tmp = workdir / "train_log.jsonl.tmp"
-        tmp.write_text("".join(rows))
-        tmp.replace(path)
+        write_atomic(path, "".join(rows))
       self.jsonl = path.open("a")
       self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
@@ -590,10 +588,8 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
   started = time.time()
   config_json = config.to_json_best_effort(indent=2)
   if jax.process_index() == 0:
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(json.dumps({**json.loads(config_json), "provenance": provenance()},
-                              indent=2))
-    tmp.replace(workdir / "config.json")
+    write_atomic(workdir / "config.json",
+                 json.dumps({**json.loads(config_json), "provenance": provenance()}, indent=2))
 
   K, T = config.em.K, config.em.T
   train_step = make_train_step(network, tx, K=K, unroll=config.train.unroll,
