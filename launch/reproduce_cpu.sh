@@ -107,10 +107,8 @@ if [ -n "${ARCHIVE:-}" ]; then
 fi
 dirs=$(printf '%s,' $workdirs)
 python -m rnem_jax.summarize --runs="$dirs" --out="$OUT/summary.json" --report_dir="$OUT"
-python -m rnem_jax.visualize --mode=report --runs="${dirs%,}" --out="$OUT/per_run"
 for r in ${FIGURE_RUNS:-rnem:0 rnn_em:0 rnn:0}; do
   m=${r%%:*}; wd="$RUNS/${m}_s${r##*:}"
   [ -f "$wd/metrics.json" ] || continue
-  python -m rnem_jax.visualize --config="$CONFIG:$m,$SCALE" --config.em.T="$T" \
-      --config.data_dir="$DATA_DIR" --workdir="$wd" --out="$OUT/figures/$m"
+  python -m rnem_jax.main --mode=visualize --workdir="$wd" --figures_dir="$OUT/figures/$m"
 done

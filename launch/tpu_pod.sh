@@ -49,7 +49,7 @@ datasets() {  # once, on worker 0 with all its cores, before the processes that 
 }
 figures() {  # one ordinary (not distributed) process, from the checkpoint
   run "${SSH[@]}" --worker=0 --command="$ENV; \
-    $PY -m rnem_jax.visualize --config=$CONFIG --workdir=$SHARED/runs/$RUN $EXTRA"
+    $PY -m rnem_jax.main --mode=visualize --config=$CONFIG --workdir=$SHARED/runs/$RUN $EXTRA"
 }
 
 case "$CMD" in

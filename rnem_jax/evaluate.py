@@ -355,6 +355,59 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
   return record
 
 
+
+def sample_batch(config, num_sequences: int, num_frames: int, dataset: str = "") -> dict:
+  """The first ``num_sequences`` test sequences of ``dataset`` (default: the rollout's), as
+  host arrays cropped to ``num_frames`` frames: ``features`` is [num_frames, B, H, W, C]."""
+  data_dir = config.data_dir or None
+  dataset = dataset or config.rollout.dataset or config.dataset
+  data.ensure_built(dataset, data_dir)
+  batches = data.iterate_batches(dataset, "test", num_sequences, seed=0, num_frames=num_frames,
+                                 shuffle=False, num_epochs=1, drop_remainder=False,
+                                 shard_index=0, shard_count=1, data_dir=data_dir)
+  return next(iter(batches))
+
+
+def model_outputs(config, network, params, batch: dict, seed: int,
+                  num_real_steps: Optional[int] = None) -> em.Rollout:
+  """``em.rollout`` on a host batch with every per-step output kept (psi, gamma, alpha,
+  inputs), fetched to the host; ``num_real_steps`` real steps, then simulation (None: all
+  real)."""
+  fn = jax.jit(lambda p, x, a, k: em.rollout(
+      network, p, x, k, K=config.em.K, actions=a, num_real_steps=num_real_steps,
+      keep_outputs=True, **em_options(config)))
+  actions = batch.get("actions")
+  out = fn(params, jnp.asarray(batch["features"]),
+           None if actions is None else jnp.asarray(actions), jax.random.key(seed))
+  return jax.device_get(out)
+
+
+def sample_outputs(config, workdir: str, num_sequences: int = 3) -> dict:
+  """What the figures of a run show (``rnem_jax.visualize.render_run``): its best checkpoint
+  run on the first ``num_sequences`` test sequences, every per-step output kept.
+
+  Returns a dict: ``step`` (of the checkpoint), ``dataset``; ``panel``: (``em.Rollout``,
+  features [T+1, B, H, W, C]) over ``em.T`` real steps (paper Fig. 2); ``rollout``: the same
+  over ``rollout.num_real_steps`` real then ``rollout.num_sim_steps`` simulated steps (Fig. 4),
+  both cut to the frames the dataset has; ``num_real_steps``.
+  """
+  network = build_network(config.model)
+  params, step = restore_params(config, workdir, network, make_mesh())
+  info = data.dataset_info(config.rollout.dataset or config.dataset, config.data_dir or None)
+  n_real = config.rollout.num_real_steps
+  T_roll = min(n_real + config.rollout.num_sim_steps, info.num_frames - 1)
+  T = min(config.em.T, info.num_frames - 1)
+  batch = sample_batch(config, num_sequences, max(T, T_roll) + 1)
+  crop = lambda n: {k: v[:n + 1] for k, v in batch.items()}
+  panel, roll = crop(T), crop(T_roll)
+  return {
+      "step": step, "dataset": info.name, "num_real_steps": n_real,
+      "panel": (model_outputs(config, network, params, panel, config.eval.seed),
+                np.asarray(panel["features"])),
+      "rollout": (model_outputs(config, network, params, roll, config.rollout.seed, n_real),
+                  np.asarray(roll["features"])),
+  }
+
 # name -> (simulate_input, simulate_gamma)
 ROLLOUT_ABLATION = {
     "simulated": (True, True),        # the reference protocol

@@ -7,7 +7,7 @@
 ``DIR/metrics.json`` (and the extrapolation test set's metrics when the config
 names one); ``rollout`` writes ``DIR/rollout.json``; ``all`` does the three, draws the
 figures and ends with a summary of the numbers and where the files are; ``visualize``
-draws the paper's figures and GIFs into ``DIR/figures``; ``rollout_ablation``
+draws the paper's figures and GIFs into ``DIR/figures`` (``--figures_dir``); ``rollout_ablation``
 writes ``DIR/rollout_ablation.json`` (the simulation with each of its two
 changes alone); ``occlusion`` writes ``DIR/occlusion.json`` (object permanence on
 a curtain dataset; ``all`` includes it for curtain configs). Without ``--config``, every mode
@@ -45,7 +45,9 @@ flags.DEFINE_bool("allow_config_change", False,
                   "Resume a run whose config changed in fields that change the training (learning "
                   "rate, seed, batch, K, T, ...; budgets, logging and evaluation may always change).")
 flags.DEFINE_bool("figures", True, "With --mode=all: draw the figures and GIFs into "
-                  "DIR/figures at the end (as --mode=visualize does).")
+                  "the figures directory at the end (as --mode=visualize does).")
+flags.DEFINE_string("figures_dir", "", "Where --mode=visualize and --mode=all draw the figures "
+                    "(default DIR/figures).")
 
 # The repository root: config paths are also looked up here, so the commands work from any
 # working directory.
@@ -200,9 +202,9 @@ def _run_config():
   return config
 
 
-def _report(config, workdir, figures) -> None:
+def _report(config, workdir, figures: str) -> None:
   """The end of --mode=all: the headline numbers, each with its meaning, and where the files
-  are."""
+  are (``figures``: the figures directory, "" when none were drawn)."""
   wd = pathlib.Path(workdir)
   lines = [f"done: {config.name} in {wd}"]
   metrics = json.loads((wd / "metrics.json").read_text())
@@ -223,14 +225,14 @@ def _report(config, workdir, figures) -> None:
   outputs = sorted(p.name for p in wd.glob("*.json"))
   lines.append(f"  outputs: {wd}/{{{','.join(outputs)}}}, train_log.jsonl, tensorboard/")
   if figures:
-    lines.append(f"  figures: {wd / 'figures'}")
+    lines.append(f"  figures: {figures}")
   print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def run(signals):
   import jax
 
-  from rnem_jax import evaluate, host_memory, train, visualize
+  from rnem_jax import evaluate, host_memory, train
 
   config = _run_config()
   log = py_logging.getLogger("rnem_jax.main")
@@ -262,11 +264,27 @@ def run(signals):
       log.info("rollout BCE per step (%s): %s", name, [round(x, 1) for x in curve])
   # Figures within --mode=all on one process only: a multi-process job draws them afterwards
   # with --mode=visualize in a single process (launch/README.md).
-  figures = FLAGS.mode == "all" and FLAGS.figures and jax.process_count() == 1
-  if FLAGS.mode == "visualize" or figures:
-    visualize.render_run(config, FLAGS.workdir)
+  figures_at = ""
+  if FLAGS.mode == "visualize" or (FLAGS.mode == "all" and FLAGS.figures
+                                   and jax.process_count() == 1):
+    figures_at = draw_figures(config, FLAGS.workdir, FLAGS.figures_dir)
   if FLAGS.mode == "all" and jax.process_index() == 0:
-    _report(config, FLAGS.workdir, figures)
+    _report(config, FLAGS.workdir, figures_at)
+
+
+def draw_figures(config, workdir: str, out_dir: str = "") -> str:
+  """The run's figures and GIFs (``rnem_jax.visualize.render_run``) in ``out_dir`` (default
+  ``workdir/figures``), from its best checkpoint and its ``rollout.json`` if there is one;
+  returns the directory."""
+  from rnem_jax import evaluate, visualize
+
+  out_dir = out_dir or os.path.join(workdir, "figures")
+  rollout = pathlib.Path(workdir) / "rollout.json"
+  visualize.render_run(evaluate.sample_outputs(config, workdir), out_dir, name=config.name,
+                       attention=config.model.cell == "rnem",
+                       rollout_record=json.loads(rollout.read_text()) if rollout.exists()
+                       else None)
+  return out_dir
 
 
 def _find_configs(argv):

@@ -69,12 +69,17 @@ def _stats(values: Sequence[float]) -> dict:
           "seeds": int(len(v))}
 
 
-def _check_same(records: list[dict], name: str, what: str) -> None:
-  for field in ("dataset", "split", "T", "K", "num_sequences"):
-    seen = {r.get(field) for r in records}
+SAME_WITHIN = ("dataset", "split", "T", "K", "num_sequences")   # seeds of one model
+SAME_ACROSS = ("dataset", "split", "T", "num_sequences", "num_real_steps")   # models compared
+
+
+def _check_same(records: list[dict], name: str, what: str, fields=SAME_WITHIN,
+                why: str = "evaluate them alike before averaging") -> None:
+  for field in fields:
+    seen = {json.dumps(r.get(field)) for r in records}
     if len(seen) > 1:
       raise ValueError(f"runs of {name} were scored differently on {what}: {field} takes the "
-                       f"values {sorted(map(str, seen))}; evaluate them alike before averaging")
+                       f"values {sorted(seen)}; {why}")
 
 
 def summarize(workdirs: Sequence[str]) -> dict:
@@ -86,7 +91,12 @@ def summarize(workdirs: Sequence[str]) -> dict:
       raise ValueError(f"{wd} has no config.json: not a run directory")
     groups.setdefault(config["name"], []).append(wd)
   summary = {}
+  firsts: dict[str, dict[str, dict]] = {}   # file -> model -> its first record
   for name, dirs in sorted(groups.items()):
+    for filename in [f for f, _ in FILES] + ["rollout.json", "occlusion.json"]:
+      record = next((r for r in (_read(os.path.join(d, filename)) for d in dirs) if r), None)
+      if record is not None:
+        firsts.setdefault(filename, {})[name] = record
     out = {}
     seeds = [(_read(os.path.join(d, "config.json")) or {}).get("seed") for d in dirs]
     for filename, suffix in FILES:
@@ -128,6 +138,9 @@ def summarize(workdirs: Sequence[str]) -> dict:
       if None not in seeds:
         out["seed_ids"] = sorted(seeds)
       summary[name] = out
+  for filename, records in firsts.items():   # the models of one table share its test set
+    _check_same(list(records.values()), ", ".join(records), filename, SAME_ACROSS,
+                "compare only models evaluated on the same test set, the same way")
   return summary
 
 

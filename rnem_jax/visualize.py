@@ -1,23 +1,17 @@
-"""Figures and animations of a trained model (paper Figures 2-6) and a run comparison report.
+"""Figures and animations of trained models (paper Figures 2-6): functions that only draw.
 
-  python -m rnem_jax.visualize --config=configs/balls.py:small --workdir=DIR [--out=DIR/figures]
-  python -m rnem_jax.visualize --mode=report --runs=DIR_A,DIR_B,... --out=REPORT_DIR
+Everything here is a pure function of arrays or of the JSON records evaluation wrote
+(returning a matplotlib ``Figure`` or a uint8 array); ``render_run`` and ``write_gif`` write
+files. Nothing here restores or runs a model: ``rnem_jax.evaluate.sample_outputs`` does, and
+``python -m rnem_jax.main --mode=visualize --workdir=DIR`` draws a run's figures into
+``DIR/figures``: ``panel.png`` (Figure 2 layout), ``panel_compact.png`` (Figures 5/6:
+truth, prediction, grouping), ``panel_foreground.png``, ``rollout.png`` (Figure 4 left:
+truth vs 5 real + 10 simulated steps), ``rollout_bce.png`` (Figure 4 right, with the object
+curves on balls data) and ``prediction.gif``, ``grouping.gif``, ``rollout.gif``. Seed-averaged
+figures of several runs come from ``rnem_jax.summarize``.
 
-``--mode=panels`` (default) restores the best checkpoint of ``--workdir``, runs
-a few test sequences and writes ``panel.png`` (Figure 2 layout), ``panel_compact.png``
-(Figures 5/6 layout: truth, prediction, grouping), ``rollout.png`` (Figure 4
-left: ground truth vs 5 real + 10 simulated steps), ``rollout_bce.png`` (Figure 4
-right, when ``rollout.json`` exists; ``--runs`` adds other runs' curves) and
-``prediction.gif``, ``grouping.gif``, ``rollout.gif``.
-``--mode=report`` writes ``figure3.png`` and ``report.md`` from the runs'
-``metrics.json`` / ``metrics_extrapolation.json``; runs evaluated on different
-test sets, with different T, or with a K their own config does not prescribe
-are refused with a ValueError.
-
-Everything that draws is a pure function of arrays (returning a matplotlib
-``Figure`` or a uint8 array); the ``render_*``/``write_*`` functions do the I/O.
-Figures are built without pyplot (Agg canvas), so importing this module never
-changes the caller's matplotlib backend.
+Figures are built without pyplot (Agg canvas), so importing this module never changes the
+caller's matplotlib backend.
 """
 
 from __future__ import annotations
@@ -266,6 +260,16 @@ def rollout_figure(truths: Sequence[np.ndarray], models: dict[str, Sequence[np.n
 ROLLOUT_MATCH = ("dataset", "num_real_steps", "num_sim_steps", "num_sequences")
 
 
+def _check_same(records: dict[str, dict], fields: Sequence[str], what: str) -> None:
+  if not records:
+    raise ValueError(f"no records to compare for {what}")
+  for field in fields:
+    values = {name: rec.get(field) for name, rec in records.items()}
+    if len(set(map(json.dumps, values.values()))) > 1:
+      raise ValueError(f"refusing to compare {what}: runs differ in {field!r} ({values}); "
+                       "compare only runs evaluated the same way")
+
+
 OBJECT_PANELS = (("balls_kept", "balls kept (share)"),
                  ("position_error_px", "position error (px)"))
 REFERENCE_LINESTYLES = (":", "-.", "--")   # config.ROLLOUT_REFERENCES, in order
@@ -331,92 +335,7 @@ def rollout_bce_figure(records: dict[str, dict], title: str = "") -> Figure:
 
 
 # ---------------------------------------------------------------------------
-# Comparison report (paper Figure 3).
-
-METRICS_MATCH = ("dataset", "split", "T", "num_sequences", "protocol")
-TEST_SETS = (("test", "metrics.json", "em"), ("extrapolation", "metrics_extrapolation.json",
-                                                "extrapolation"))
-
-
-def _check_same(records: dict[str, dict], fields: Sequence[str], what: str) -> None:
-  if not records:
-    raise ValueError(f"no records to compare for {what}")
-  for field in fields:
-    values = {name: rec.get(field) for name, rec in records.items()}
-    if len(set(map(json.dumps, values.values()))) > 1:
-      raise ValueError(f"refusing to compare {what}: runs differ in {field!r} ({values}); "
-                       "compare only runs evaluated the same way")
-
-
-def check_comparable(runs: dict[str, dict], test_set: str) -> dict[str, dict]:
-  """The ``test_set`` records of ``runs`` that may share bars; ValueError if mismatched.
-
-  Args:
-    runs: label -> run (see ``load_run``).
-    test_set: 'test' or 'extrapolation'.
-  Returns:
-    label -> metrics record (runs without this test set left out).
-  Raises:
-    ValueError: the records differ in dataset, split, T, number of sequences or
-      protocol; or a record's K is not the K its run's config prescribes for
-      this test set (e.g. an R-NEM K=5 run scored with K=8 on the 4-ball set);
-      or two runs of the same model variant were scored with different K.
-  """
-  records = {name: run[test_set] for name, run in runs.items() if run.get(test_set)}
-  _check_same(records, METRICS_MATCH, f"{test_set} metrics")
-  by_model = {}
-  for name, rec in records.items():
-    want = runs[name].get(f"{test_set}_K")
-    if want is not None and rec["K"] != want:
-      raise ValueError(f"refusing to compare {test_set} metrics: run {name!r} was scored with "
-                       f"K={rec['K']} but its config prescribes K={want} for this test set")
-    by_model.setdefault(rec.get("model"), {})[name] = rec["K"]
-  for model, ks in by_model.items():
-    if len(set(ks.values())) > 1:
-      raise ValueError(f"refusing to compare {test_set} metrics: runs of model {model!r} "
-                       f"were scored with different K ({ks})")
-  return records
-
-
-def figure3(runs: dict[str, dict], suffix: str = "last10") -> Figure:
-  """Paper Figure 3: BCE and relational BCE relative to the copy baseline, and ARI.
-
-  Bars: one per run, for the 4-ball test set and the extrapolation test set
-  (6-8 balls). ``suffix``: 'last' or 'last10' (which steps the BCE averages).
-  ARI is ``ari_last``; it is left out for K = 1 models (one component groups nothing).
-  """
-  if suffix not in ("last", "last10"):
-    raise ValueError(f"suffix must be 'last' or 'last10', got {suffix!r}")
-  groups = [(ts, check_comparable(runs, ts)) for ts, _, _ in TEST_SETS
-            if any(run.get(ts) for run in runs.values())]
-  names = list(runs)
-  colours = component_colours(max(len(names), 1))
-  panels = [(f"bce_{suffix}_rel", f"BCE / copy baseline ({suffix})"),
-            (f"relational_bce_{suffix}_rel", f"relational BCE / baseline ({suffix})"),
-            ("ari_last", "ARI (last step)")]
-  fig = Figure(figsize=(12, 3.8), dpi=100)
-  axes = fig.subplots(1, 3)
-  width = 0.8 / max(len(names), 1)
-  for ax, (key, label) in zip(axes, panels):
-    for j, name in enumerate(names):
-      xs, ys = [], []
-      for g, (ts, records) in enumerate(groups):
-        rec = records.get(name)
-        if rec is None or key not in rec or (key.startswith("ari") and rec["K"] == 1):
-          continue
-        xs.append(g + (j - (len(names) - 1) / 2) * width)
-        ys.append(rec[key])
-      ax.bar(xs, ys, width, color=colours[j], label=name)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([_group_label(recs) for _, recs in groups], fontsize=8)
-    ax.set_title(label, fontsize=9)
-    if "bce" in key:
-      ax.axhline(1.0, color="grey", ls=":", lw=0.8)
-    else:
-      ax.set_ylim(0.0, 1.0)
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  return fig
+# Seed summaries (rnem_jax.summarize): paper Figure 3 and Figure 4 right, mean ± std.
 
 
 def figure3_summary(summary: dict, suffix: str = "last", test_set: str = "4 balls") -> Figure:
@@ -570,89 +489,6 @@ def validation_curves_figure(records: Sequence[dict]) -> Figure:
   return fig
 
 
-def _group_label(records: dict[str, dict]) -> str:
-  rec = next(iter(records.values()))
-  return f"{rec['dataset'].split('/')[-1]}\n({rec['num_sequences']} seq, T={rec['T']})"
-
-
-def report_markdown(runs: dict[str, dict]) -> str:
-  """Markdown table of every run's metrics on each test set (same checks as ``figure3``)."""
-  cols = ["K", "bce_last", "bce_last_rel", "bce_last10_rel", "relational_bce_last10_rel",
-          "ari_seq", "ari_last"]
-  lines = []
-  for ts, _, _ in TEST_SETS:
-    if not any(run.get(ts) for run in runs.values()):
-      continue
-    records = check_comparable(runs, ts)
-    first = next(iter(records.values()))
-    lines += [f"### {ts}: {first['dataset']} ({first['split']}, {first['num_sequences']} "
-              f"sequences, T={first['T']})", "", f"Protocol: {first['protocol']}.", "",
-              "| run | step | " + " | ".join(cols) + " |",
-              "|---" * (len(cols) + 2) + "|"]
-    for name, rec in records.items():
-      cells = [_fmt(rec.get(c)) for c in cols]
-      lines.append(f"| {name} | {rec.get('checkpoint_step', '')} | " + " | ".join(cells) + " |")
-    lines.append("")
-  return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-  if v is None:
-    return "n/a"
-  return str(v) if isinstance(v, int) else f"{v:.3f}"
-
-
-def load_run(workdir: str) -> dict:
-  """A run directory's records: ``test``/``extrapolation`` metrics, ``rollout`` and the
-  K its config prescribes for each test set (``test_K``, ``extrapolation_K``)."""
-  def read(name):
-    path = os.path.join(workdir, name)
-    if not os.path.isfile(path):
-      return None
-    with open(path) as f:
-      return json.load(f)
-  run = {"workdir": workdir, "rollout": read("rollout.json")}
-  config = read("config.json") or {}
-  for ts, filename, section in TEST_SETS:
-    run[ts] = read(filename)
-    run[f"{ts}_K"] = (config.get(section) or {}).get("K")
-  if run["test"] is None and run["extrapolation"] is None:
-    raise FileNotFoundError(f"{workdir} has no metrics.json: evaluate it first "
-                            "(python -m rnem_jax.main --mode=eval ...)")
-  return run
-
-
-def _labels(workdirs: Sequence[str], runs: list[dict]) -> list[str]:
-  """Model name and K per run; the directory name is added where those collide."""
-  def base(run):
-    rec = run["test"] or run["extrapolation"]
-    return f"{rec.get('model', '?')} K={rec['K']}"
-  names = [base(r) for r in runs]
-  return [f"{n} ({os.path.basename(os.path.normpath(w))})" if names.count(n) > 1 else n
-          for n, w in zip(names, workdirs)]
-
-
-def write_report(workdirs: Sequence[str], out_dir: str, suffix: str = "last10") -> dict:
-  """Writes ``figure3.png``, ``report.md`` (and ``rollout_bce.png`` if every run has
-  ``rollout.json``) for the runs in ``workdirs``; returns {name: path}."""
-  loaded = [load_run(w) for w in workdirs]
-  runs = dict(zip(_labels(workdirs, loaded), loaded))
-  os.makedirs(out_dir, exist_ok=True)
-  table = report_markdown(runs)   # checks before anything is written
-  fig = figure3(runs, suffix)
-  paths = {"figure3": os.path.join(out_dir, "figure3.png"),
-           "report": os.path.join(out_dir, "report.md")}
-  fig.savefig(paths["figure3"])
-  with open(paths["report"], "w") as f:
-    f.write("# Model comparison\n\nBCE ratios are model / copy-last-frame baseline "
-            "(lower is better); see rnem_jax.evaluate.\n\n![Figure 3](figure3.png)\n\n" + table)
-  rollouts = {n: r["rollout"] for n, r in runs.items() if r["rollout"]}
-  if len(rollouts) == len(runs):
-    paths["rollout_bce"] = os.path.join(out_dir, "rollout_bce.png")
-    rollout_bce_figure(rollouts).savefig(paths["rollout_bce"])
-  return paths
-
-
 # ---------------------------------------------------------------------------
 # Animations: lists of uint8 [H', W', 3] frames, one per step.
 
@@ -702,72 +538,31 @@ def write_gif(path: str, frames: np.ndarray, fps: float = 4.0) -> str:
 
 
 # ---------------------------------------------------------------------------
-# From a checkpoint.
+# A run's figures, from the outputs ``rnem_jax.evaluate.sample_outputs`` computed.
 
 
-def _test_batch(config, num_sequences: int, num_frames: int) -> dict:
-  from rnem_jax import data
+def render_run(samples: dict, out_dir: str, *, name: str, attention: bool,
+               rollout_record: Optional[dict] = None) -> dict:
+  """Writes every figure and animation of one run to ``out_dir``; returns {name: path}.
 
-  data_dir = config.data_dir or None
-  dataset = config.rollout.dataset or config.dataset
-  data.ensure_built(dataset, data_dir)
-  batches = data.iterate_batches(dataset, "test", num_sequences, seed=0, num_frames=num_frames,
-                                 shuffle=False, num_epochs=1, drop_remainder=False,
-                                 shard_index=0, shard_count=1, data_dir=data_dir)
-  return next(iter(batches))
-
-
-def model_outputs(config, network, params, batch: dict, seed: int,
-                  num_real_steps: Optional[int] = None):
-  """``em.rollout`` with every per-step output kept, for a host batch."""
-  import jax
-  import jax.numpy as jnp
-
-  from rnem_jax import em
-  from rnem_jax.train import em_options
-
-  fn = jax.jit(lambda p, x, a, k: em.rollout(
-      network, p, x, k, K=config.em.K, actions=a, num_real_steps=num_real_steps,
-      keep_outputs=True, **em_options(config)))
-  actions = batch.get("actions")
-  return fn(params, jnp.asarray(batch["features"]),
-            None if actions is None else jnp.asarray(actions), jax.random.key(seed))
-
-
-def render_run(config, workdir: str, out_dir: str = "", *, num_sequences: int = 3,
-               compare: Sequence[str] = ()) -> dict:
-  """Writes every figure and animation of the run in ``workdir`` to ``out_dir``
-  (default ``workdir/figures``); returns {name: path}.
-
-  ``compare``: other run directories whose ``rollout.json`` curves join this
-  run's on ``rollout_bce.png``.
+  Args:
+    samples: ``rnem_jax.evaluate.sample_outputs`` of the run.
+    out_dir: created if missing.
+    name: the run's model name (titles, the legend of ``rollout_bce.png``).
+    attention: overlay the attention of R-NEM's interaction function on the components.
+    rollout_record: the run's ``rollout.json``; ``rollout_bce.png`` (paper Fig. 4 right, with
+      the object curves where the dataset has balls) is drawn when it is given.
   """
-  from rnem_jax import data, evaluate
-  from rnem_jax.model import build_network
-  from rnem_jax.train import make_mesh
-
-  out_dir = out_dir or os.path.join(workdir, "figures")
   os.makedirs(out_dir, exist_ok=True)
-  network = build_network(config.model)
-  params, step = evaluate.restore_params(config, workdir, network, make_mesh())
-  info = data.dataset_info(config.rollout.dataset or config.dataset, config.data_dir or None)
-  n_real = config.rollout.num_real_steps
-  T_roll = min(n_real + config.rollout.num_sim_steps, info.num_frames - 1)
-  T = min(config.em.T, info.num_frames - 1)
-  batch = _test_batch(config, num_sequences, max(T, T_roll) + 1)
-  num_sequences = batch["features"].shape[1]
-  crop = lambda n: {k: v[:n + 1] for k, v in batch.items()}
-  title = f"{config.name} (step {step}) on {info.name}"
-  attention = config.model.cell == "rnem"
+  title = f"{name} (step {samples['step']}) on {samples['dataset']}"
+  n_real = samples["num_real_steps"]
   paths = {}
 
-  def save(name, fig):
-    paths[name] = os.path.join(out_dir, f"{name}.png")
-    fig.savefig(paths[name])
+  def save(key, fig):
+    paths[key] = os.path.join(out_dir, f"{key}.png")
+    fig.savefig(paths[key])
 
-  panel_batch = crop(T)
-  r = model_outputs(config, network, params, panel_batch, config.eval.seed)
-  seq = sequence_view(r, panel_batch["features"], 0)
+  seq = sequence_view(*samples["panel"], 0)
   save("panel", panel_figure(seq, attention=attention, title=title))
   save("panel_compact", panel_figure(seq, rows=COMPACT_ROWS, title=title))
   save("panel_foreground", panel_figure(seq, rows=FOREGROUND_ROWS, title=title))
@@ -775,65 +570,14 @@ def render_run(config, workdir: str, out_dir: str = "", *, num_sequences: int = 
                                       prediction_frames(seq))
   paths["grouping_gif"] = write_gif(os.path.join(out_dir, "grouping.gif"),
                                     grouping_frames(seq, attention))
-
-  roll_batch = crop(T_roll)
-  r = model_outputs(config, network, params, roll_batch, config.rollout.seed, n_real)
-  views = [sequence_view(r, roll_batch["features"], b) for b in range(num_sequences)]
-  save("rollout", rollout_figure([v.truth for v in views],
-                                 {config.name: [v.prediction for v in views]}, n_real,
-                                 title=f"{title}: {n_real} real + {T_roll - n_real} simulated"))
+  outputs, features = samples["rollout"]
+  views = [sequence_view(outputs, features, b) for b in range(features.shape[1])]
+  n_sim = features.shape[0] - 1 - n_real
+  save("rollout", rollout_figure([v.truth for v in views], {name: [v.prediction for v in views]},
+                                 n_real, title=f"{title}: {n_real} real + {n_sim} simulated"))
   paths["rollout_gif"] = write_gif(os.path.join(out_dir, "rollout.gif"),
                                    rollout_frames(views[0].truth, views[0].prediction, n_real))
-  dirs = [w for w in (workdir, *compare) if os.path.isfile(os.path.join(w, "rollout.json"))]
-  records = []
-  for w in dirs:
-    with open(os.path.join(w, "rollout.json")) as f:
-      records.append(json.load(f))
-  names = [f"{rec['model']} K={rec['K']}" for rec in records]
-  records = {f"{n} ({os.path.basename(os.path.normpath(w))})" if names.count(n) > 1 else n: rec
-             for n, w, rec in zip(names, dirs, records)}
-  if records:
-    save("rollout_bce", rollout_bce_figure(records))
+  if rollout_record is not None:
+    save("rollout_bce", rollout_bce_figure({name: rollout_record}))
   log.info("wrote %s", ", ".join(sorted(paths.values())))
   return paths
-
-
-def main(argv):
-  from absl import app, flags
-  from absl import logging as absl_logging
-
-  FLAGS = flags.FLAGS
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("rnem_jax").setLevel(logging.INFO)
-  if FLAGS.mode == "report":
-    if not FLAGS.runs:
-      raise app.UsageError("--mode=report needs --runs=DIR[,DIR...]")
-    paths = write_report(FLAGS.runs, FLAGS.out or "report", FLAGS.suffix)
-  else:
-    if FLAGS.config is None:
-      raise app.UsageError("--mode=panels needs --config")
-    paths = render_run(FLAGS.config, FLAGS.workdir, FLAGS.out, compare=FLAGS.runs or ())
-  for name, path in sorted(paths.items()):
-    print(f"{name}: {path}")
-
-
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
-  flags.DEFINE_enum("mode", "panels", ["panels", "report"], "What to draw.")
-  flags.DEFINE_string("workdir", "", "Run directory holding the checkpoint (--mode=panels).")
-  flags.DEFINE_string("out", "", "Output directory (default WORKDIR/figures, or ./report).")
-  flags.DEFINE_list("runs", [], "Run directories to compare (report; extra rollout curves).")
-  flags.DEFINE_enum("suffix", "last10", ["last", "last10"], "Steps the report's BCE averages.")
-  config_flags.DEFINE_config_file("config", None, "Experiment config of --workdir.",
-                                  lock_config=True)
-
-
-if __name__ == "__main__":
-  from absl import app
-
-  _define_flags()
-  app.run(main)

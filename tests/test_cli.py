@@ -142,6 +142,14 @@ def test_the_newcomer_path_from_any_directory(tmp_path, data_dir, compile_cache)
   assert r.returncode == 0, r.stderr[-4000:]
   assert "(the run's own)" in r.stderr
   assert json.loads((wd / "metrics.json").read_text())["bce_last"] == before
+  # the figures again, elsewhere (as the cluster scripts draw them after a job)
+  figures = tmp_path / "figures"
+  r = subprocess.run([sys.executable, "-m", "rnem_jax.main", f"--workdir={wd}",
+                      "--mode=visualize", f"--figures_dir={figures}"],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert sorted(p.name for p in figures.iterdir()) == sorted(
+      p.name for p in (wd / "figures").iterdir())
 
 
 def test_the_wall_clock_budget_counts_every_invocation(tmp_path, data_dir, compile_cache):

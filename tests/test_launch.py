@@ -56,7 +56,11 @@ def test_slurm_dry_run_installs_and_runs_every_process(tmp_path):
   mains = [c for c in commands if "rnem_jax.main" in c]
   assert mains == [["srun", "--kill-on-bad-exit=1", py, "-m", "rnem_jax.main", "--distributed",
                     "--config=configs/balls.py:rnem,tiny", f"--workdir={tmp_path / 'run'}",
-                    "--mode=all", "--config.seed=1"]]
+                    "--mode=all", "--config.seed=1"],
+                   # the figures: one ordinary process, after the job
+                   ["srun", "--nodes=1", "--ntasks=1", py, "-m", "rnem_jax.main",
+                    "--mode=visualize", "--config=configs/balls.py:rnem,tiny",
+                    f"--workdir={tmp_path / 'run'}", "--config.seed=1"]]
   builds = [c[-1] for c in commands if "rnem_jax.data" in c]
   assert builds == ["bouncing_balls/balls4mass64", "bouncing_balls/balls678mass64"]
 
@@ -111,7 +115,8 @@ def _tpu(command, *args, **env):
                                             ("eval", ["eval", "rollout"])])
 def test_tpu_runs_main_on_every_worker(command, modes):
   remote = _tpu(command, "--config.seed=1")
-  mains = [(worker, script) for worker, script in remote if "rnem_jax.main" in script]
+  mains = [(worker, script) for worker, script in remote
+           if "rnem_jax.main" in script and "--mode=visualize" not in script]
   assert mains and all(worker == "--worker=all" for worker, _ in mains)
   runs = [m for _, script in mains for m in re.findall(r"rnem_jax\.main (.*?)(?:;|$)", script)]
   assert [re.search(r"--mode=(\w+)", r).group(1) for r in runs] == modes
@@ -122,7 +127,7 @@ def test_tpu_runs_main_on_every_worker(command, modes):
   # Only the dataset build and the figures (no collectives) run on worker 0 alone.
   for worker, script in remote:
     if worker != "--worker=all":
-      assert "rnem_jax.data build" in script or "rnem_jax.visualize" in script
+      assert "rnem_jax.data build" in script or "rnem_jax.main --mode=visualize" in script
 
 
 def test_tpu_setup_installs_the_tpu_extra_once():

@@ -120,7 +120,7 @@ def test_notebook_executes_on_cpu(tmp_path, data_dir, compile_cache, monkeypatch
   images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if "image/png" in o.get("data", {}) or "image/gif" in o.get("data", {})]
   assert len(images) >= 8  # 4 PNG figures + 3 GIFs + Figure 3
-  for name in ("metrics.json", "rollout.json", "figures/panel.png", "report/report.md"):
+  for name in ("metrics.json", "rollout.json", "figures/panel.png", "report/summary.md"):
     assert (tmp_path / "run" / name).is_file(), name
   install = "".join(o.get("text", "") for o in _install_cell(nb).outputs)
   assert "installing" not in install  # the checkout is installed: pip never ran

@@ -49,6 +49,21 @@ def test_runs_scored_differently_are_refused(tmp_path):
     summarize.summarize([str(tmp_path)])
 
 
+@pytest.mark.parametrize("field, value", [("dataset", "bouncing_balls/balls678mass32_small"),
+                                          ("T", 20), ("num_sequences", 100), ("split", "valid")])
+def test_models_scored_on_different_test_sets_are_refused(tmp_path, field, value):
+  """Models share one table only if they were scored on the same test set, the same way; K may
+  differ (R-NEM K=8 is a model of Figure 3)."""
+  a = _run(tmp_path / "a", "rnem_small", {"bce_last": 90.0})
+  b = _run(tmp_path / "b", "rnem_k8_small", {"bce_last": 91.0})
+  record = json.loads((tmp_path / "b" / "metrics.json").read_text())
+  (tmp_path / "b" / "metrics.json").write_text(json.dumps({**record, "K": 8}))
+  assert set(summarize.summarize([a, b])) == {"rnem_small", "rnem_k8_small"}
+  (tmp_path / "b" / "metrics.json").write_text(json.dumps({**record, field: value}))
+  with pytest.raises(ValueError, match=f"scored differently on metrics.json: {field} takes"):
+    summarize.summarize([a, b])
+
+
 def _model_runs(tmp_path, values):
   """values: model -> list over seeds of (bce_rel, rel_rel, ari, bce_rel_678, rollout)."""
   runs = []

@@ -1,6 +1,5 @@
-"""Every figure and animation renders from a tiny trained checkpoint; the report refuses mismatches."""
+"""Every figure and animation renders from a tiny trained checkpoint's outputs."""
 
-import copy
 import json
 import os
 
@@ -41,7 +40,13 @@ def _gif(path):
 def test_render_run_writes_every_figure_and_animation(run, tmp_path):
   config, workdir = run
   out = str(tmp_path / "figs")
-  paths = visualize.render_run(config, workdir, out, num_sequences=2)
+  samples = evaluate.sample_outputs(config, workdir, num_sequences=2)
+  assert samples["panel"][1].shape[:2] == (config.em.T + 1, 2)
+  assert samples["rollout"][1].shape[:2] == (5 + N_SIM + 1, 2)
+  with open(os.path.join(workdir, "rollout.json")) as f:
+    record = json.load(f)
+  paths = visualize.render_run(samples, out, name=config.name, attention=True,
+                               rollout_record=record)
   assert set(paths) == {"panel", "panel_compact", "panel_foreground", "rollout", "rollout_bce",
                         "prediction_gif", "grouping_gif", "rollout_gif"}
   T, K = config.em.T, config.em.K
@@ -84,8 +89,8 @@ def test_curtain_panel_is_the_same_function(run, tmp_path, data_dir):
   curtain = load_config("curtain", "tiny", data_dir=data_dir)
   network = build_network(config.model)
   params, _ = evaluate.restore_params(config, workdir, network, train.make_mesh())
-  batch = visualize._test_batch(curtain, 1, curtain.em.T + 1)
-  r = visualize.model_outputs(curtain, network, params, batch, seed=0)
+  batch = evaluate.sample_batch(curtain, 1, curtain.em.T + 1)
+  r = evaluate.model_outputs(curtain, network, params, batch, seed=0)
   seq = visualize.sequence_view(r, batch["features"])
   fig = visualize.panel_figure(seq, rows=visualize.COMPACT_ROWS, steps=[0, 2, 4])
   fig.savefig(tmp_path / "figure5.png")
@@ -123,58 +128,6 @@ def test_attention_overlay_colours_the_attended_component():
   uniform = np.full((K, 2, 2, 1), 1.0 / K, np.float32)   # gamma: each pixel mixes all colours
   np.testing.assert_allclose(visualize.colour_gamma(uniform, colours)[0, 0], colours.mean(0),
                              atol=1e-6)
-
-
-def test_report_writes_figure3_and_table(run, tmp_path):
-  config, workdir = run
-  other = tmp_path / "rnn_em"
-  other.mkdir()
-  for name in ("metrics.json", "rollout.json", "config.json"):
-    rec = json.loads(open(os.path.join(workdir, name)).read())
-    if name != "config.json":
-      rec["model"] = "rnn_em_tiny"
-    (other / name).write_text(json.dumps(rec))
-  paths = visualize.write_report([workdir, str(other)], str(tmp_path / "report"))
-  assert _png_size(paths["figure3"]) == (1200, 380)
-  # BCE, balls kept and position error per step (a balls dataset)
-  assert _png_size(paths["rollout_bce"]) == (3 * 550, 360)
-  table = open(paths["report"]).read()
-  assert "| rnem_tiny K=5 |" in table and "| rnn_em_tiny K=5 |" in table
-
-
-def _runs(**changes):
-  """Two synthetic runs' records; ``changes`` alter the second run's test record."""
-  rec = {"model": "rnem_small", "dataset": "bouncing_balls/balls4mass32_small", "split": "test",
-         "K": 5, "T": 15, "num_sequences": 500, "protocol": "p", "checkpoint_step": 10,
-         "bce_last10_rel": 0.5, "relational_bce_last10_rel": 0.4, "ari_last": 0.8}
-  a = {"test": rec, "extrapolation": None, "test_K": 5, "extrapolation_K": 8}
-  b = copy.deepcopy(a)
-  b["test"].update(model="rnn_em_small", **changes)
-  return {"a": a, "b": b}
-
-
-@pytest.mark.parametrize("changes, field", [
-    ({"dataset": "bouncing_balls/balls678mass32_small"}, "dataset"),
-    ({"T": 30}, "'T'"),
-    ({"num_sequences": 100}, "num_sequences"),
-    ({"K": 8}, "K=8"),
-])
-def test_report_refuses_mismatched_runs(changes, field, tmp_path):
-  runs = _runs(**changes)
-  with pytest.raises(ValueError, match=field):
-    visualize.figure3(runs)
-  with pytest.raises(ValueError, match="refusing"):
-    visualize.report_markdown(runs)
-
-
-def test_report_refuses_same_model_with_different_K():
-  runs = _runs(K=8)
-  runs["b"]["test"]["model"] = "rnem_small"
-  runs["b"]["test_K"] = 8                       # its config agrees, but the model is the same
-  with pytest.raises(ValueError, match="different K"):
-    visualize.check_comparable(runs, "test")
-  runs["b"]["test"]["model"] = "rnem_k8_small"  # R-NEM K=8 is its own model (paper Fig. 3)
-  assert set(visualize.check_comparable(runs, "test")) == {"a", "b"}
 
 
 def test_rollout_curves_refuse_different_horizons():
