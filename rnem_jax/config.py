@@ -55,15 +55,11 @@ MODEL_EM = {
 # em.train_sim_steps = int(T * share), fixed when the config is built (T = 20 at the cpu scale:
 # 10 real + 10 simulated steps, the 10-step simulated horizon of the 5 + 10 rollout; half the loss
 # terms still train the grouping on real frames). Overriding em.T on the command line leaves
-# train_sim_steps as it is (em.rollout refuses S > T - 1). Measured on a small R-NEM: T // 2
-# and T // 4 simulated steps lower the held-out simulated loss about equally, but T // 2 also
-# slows learning on the real steps: check the real-step metrics of long runs
-# (docs/design.md#measured-choices).
+# train_sim_steps as it is (em.rollout refuses S > T - 1). Why T // 2:
+# docs/design.md#measured-choices.
 MODEL_TRAIN_SIM = {"rnem_sim": 0.5, "rnn_em_sim": 0.5, "rnn_sim": 0.5, "lstm_sim": 0.5}
 # em.sim_gradient: False, the fed-back sum_k gamma psi is an input like a real frame (no
-# gradient through it). Measured on a small R-NEM: letting gradients flow gave no lower loss on
-# held-out rollouts and, in one of three runs, exploding gradient norms that left the real steps'
-# loss worse (docs/design.md#measured-choices).
+# gradient through it); why: docs/design.md#measured-choices.
 SIM_GRADIENT = False
 SCALES = ("paper", "small", "cpu", "tiny")
 

@@ -14,10 +14,22 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _shared(tmp_path_factory, name: str) -> str:
+  """A directory every pytest-xdist worker of this run shares (their base temporary directories
+  are siblings): datasets are built once (data.ensure_built locks against a second builder) and
+  compiled programs are reused."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent
+  path = base / name
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
   """A persistent XLA compilation cache shared by this process and the CLI subprocesses."""
-  path = os.environ.get("RNEM_TEST_COMPILE_CACHE") or str(tmp_path_factory.mktemp("xla_cache"))
+  path = os.environ.get("RNEM_TEST_COMPILE_CACHE") or _shared(tmp_path_factory, "xla_cache")
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return path
@@ -26,7 +38,7 @@ def compile_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """Where the tiny datasets are built (once per session; $RNEM_TEST_DATA_DIR to keep them)."""
-  return os.environ.get("RNEM_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("rnem_data"))
+  return os.environ.get("RNEM_TEST_DATA_DIR") or _shared(tmp_path_factory, "rnem_data")
 
 
 def load_config(name: str, variant: str = "tiny", **overrides):
