@@ -209,6 +209,8 @@ def _report(config, workdir, figures: str) -> None:
   lines = [f"done: {config.name} in {wd}"]
   metrics = json.loads((wd / "metrics.json").read_text())
   for key, meaning in MEANINGS.items():
+    if key.startswith("ari") and metrics.get("K") == 1:
+      continue   # one component groups nothing: its ARI is 0 by construction
     if metrics.get(key) is not None:
       lines.append(f"  {key:<20} {metrics[key]:10.3f}  {meaning}")
   rollout = wd / "rollout.json"

@@ -162,3 +162,16 @@ def test_the_wall_clock_budget_counts_every_invocation(tmp_path, data_dir, compi
   assert "budget (train.max_minutes=0.001) is spent" in r.stderr
   assert "'step': 4, 'stop_reason': 'max_minutes'" in r.stderr
   assert _steps(wd, "latest")[-1] == 4
+
+
+def test_the_summary_leaves_out_the_grouping_of_one_component(tmp_path, capsys):
+  """A K=1 model (RNN, LSTM) groups nothing: its ARI of 0 is not reported as chance-level."""
+  from ml_collections import ConfigDict
+
+  from rnem_jax.main import _report
+
+  for K in (1, 5):
+    (tmp_path / "metrics.json").write_text(json.dumps({"K": K, "bce_last": 1.0, "ari_last": 0.0}))
+    _report(ConfigDict({"name": "m"}), str(tmp_path), "")
+    err = capsys.readouterr().err
+    assert "bce_last" in err and ("ari_last" in err) == (K > 1)
