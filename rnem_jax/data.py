@@ -378,9 +378,8 @@ def dataset_info(name: str, data_dir: Optional[str] = None) -> DatasetSummary:
 
     return DatasetSummary(name, (atari.SCREEN_SIZE,) * 2, cfg.num_frames, dict(cfg.split_sizes), 0,
                           atari.NUM_ACTIONS, ("features", "actions"))
-  max_balls = cfg.max_balls
-  return DatasetSummary(name, (cfg.image_size,) * 2, cfg.num_frames, dict(cfg.split_sizes),
-                        max_balls, 0, _VIDEO_KEYS)
+  return DatasetSummary(name, (cfg.sim.image_size,) * 2, cfg.sim.num_frames,
+                        dict(cfg.split_sizes), cfg.sim.max_balls, 0, _VIDEO_KEYS)
 
 
 class _Shards:

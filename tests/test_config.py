@@ -74,7 +74,7 @@ def test_cpu_datasets_move_2px_per_frame_with_frequent_collisions(name, n_balls)
   from rnem_jax.sim import balls
   dataset, config_name = name.split("/")
   configs = {c.name: c for c in data.builder_class(dataset).BUILDER_CONFIGS}
-  sim = configs[config_name].sim_config()
+  sim = configs[config_name].sim
   assert (sim.image_size, sim.min_balls, sim.max_balls) == (32, *n_balls)
   assert sim.num_frames >= 21 and sim.radius == 2.5   # T=20 and the 5+10 rollout fit
   speeds, colliding = [], []

@@ -19,13 +19,9 @@ def _config(name, image_size, num_frames, n_balls, splits, description, speed=No
   # unless given (px / frame).
   if speed is None:
     speed = 2.0 * balls.default_light_radius(image_size) / 4.0
-  return builder_utils.BallsBuilderConfig(name=name,
-                                          description=description,
-                                          image_size=image_size,
-                                          num_frames=num_frames,
-                                          min_balls=n_balls[0],
-                                          max_balls=n_balls[1],
-                                          speed=speed,
+  sim = balls.BallsConfig(image_size=image_size, num_frames=num_frames, min_balls=n_balls[0],
+                          max_balls=n_balls[1], speed=speed)
+  return builder_utils.BallsBuilderConfig(name=name, description=description, sim=sim,
                                           split_sizes=splits)
 
 

@@ -16,16 +16,11 @@ from rnem_jax.sim import balls, builder_utils
 
 def _config(name, image_size, num_frames, splits, description, speed=None):
   # Curtain (20 px at 64x64) scales with the image, speed with the ball radius.
-  return builder_utils.BallsBuilderConfig(name=name,
-                                          description=description,
-                                          image_size=image_size,
-                                          num_frames=num_frames,
-                                          min_balls=3,
-                                          max_balls=3,
-                                          heavy_probability=0.0,
-                                          speed=speed or
-                                          2.0 * balls.default_light_radius(image_size) / 4.0,
-                                          curtain_size=20.0 * image_size / 64.0,
+  sim = balls.BallsConfig(image_size=image_size, num_frames=num_frames, min_balls=3,
+                          max_balls=3, heavy_probability=0.0,
+                          speed=speed or 2.0 * balls.default_light_radius(image_size) / 4.0,
+                          curtain_size=20.0 * image_size / 64.0)
+  return builder_utils.BallsBuilderConfig(name=name, description=description, sim=sim,
                                           split_sizes=splits)
 
 

@@ -304,26 +304,12 @@ class SimulatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 @dataclasses.dataclass(eq=False)
 class BallsBuilderConfig(tfds.core.BuilderConfig):
-  """One bouncing-balls or curtain config (fields as in ``rnem_jax.sim.balls.BallsConfig``)."""
+  """One bouncing-balls or curtain config: what its sequences look like (``sim``), how many
+  of them each split has and the seed they are drawn from."""
 
-  image_size: int = 64
-  num_frames: int = 51
-  min_balls: int = 4
-  max_balls: int = 4
-  heavy_probability: float = 0.5
-  speed: float = 2.0
-  curtain_size: Optional[float] = None
+  sim: balls.BallsConfig = balls.BallsConfig()
   split_sizes: tuple[tuple[str, int], ...] = ()
   seed: int = 0
-
-  def sim_config(self) -> balls.BallsConfig:
-    return balls.BallsConfig(image_size=self.image_size,
-                             num_frames=self.num_frames,
-                             min_balls=self.min_balls,
-                             max_balls=self.max_balls,
-                             heavy_probability=self.heavy_probability,
-                             speed=self.speed,
-                             curtain_size=self.curtain_size)
 
 
 class BallsBuilder(SimulatedBuilder, skip_registration=True):
@@ -332,11 +318,11 @@ class BallsBuilder(SimulatedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     return self.dataset_info_from_configs(
-        features=ball_features(cfg.num_frames, cfg.image_size, curtain=cfg.curtain_size
-                               is not None),
+        features=ball_features(cfg.sim.num_frames, cfg.sim.image_size,
+                               curtain=cfg.sim.curtain_size is not None),
         disable_shuffling=True,
         homepage="https://github.com/sjoerdvansteenkiste/Relational-NEM",
     )
 
   def example_fn(self):
-    return functools.partial(balls.generate_sequence, self.builder_config.sim_config())
+    return functools.partial(balls.generate_sequence, self.builder_config.sim)
