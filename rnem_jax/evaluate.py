@@ -355,12 +355,11 @@ def rollout(config, workdir: str, *, num_real_steps: int = 0, num_sim_steps: int
   return record
 
 
-
-def sample_batch(config, num_sequences: int, num_frames: int, dataset: str = "") -> dict:
-  """The first ``num_sequences`` test sequences of ``dataset`` (default: the rollout's), as
-  host arrays cropped to ``num_frames`` frames: ``features`` is [num_frames, B, H, W, C]."""
+def sample_batch(config, num_sequences: int, num_frames: int) -> dict:
+  """The first ``num_sequences`` test sequences of the rollout's dataset, as host arrays
+  cropped to ``num_frames`` frames: ``features`` is [num_frames, B, H, W, C]."""
   data_dir = config.data_dir or None
-  dataset = dataset or config.rollout.dataset or config.dataset
+  dataset = config.rollout.dataset or config.dataset
   data.ensure_built(dataset, data_dir)
   batches = data.iterate_batches(dataset, "test", num_sequences, seed=0, num_frames=num_frames,
                                  shuffle=False, num_epochs=1, drop_remainder=False,
@@ -407,6 +406,7 @@ def sample_outputs(config, workdir: str, num_sequences: int = 3) -> dict:
       "rollout": (model_outputs(config, network, params, roll, config.rollout.seed, n_real),
                   np.asarray(roll["features"])),
   }
+
 
 # name -> (simulate_input, simulate_gamma)
 ROLLOUT_ABLATION = {

@@ -93,10 +93,6 @@ def summarize(workdirs: Sequence[str]) -> dict:
   summary = {}
   firsts: dict[str, dict[str, dict]] = {}   # file -> model -> its first record
   for name, dirs in sorted(groups.items()):
-    for filename in [f for f, _ in FILES] + ["rollout.json", "occlusion.json"]:
-      record = next((r for r in (_read(os.path.join(d, filename)) for d in dirs) if r), None)
-      if record is not None:
-        firsts.setdefault(filename, {})[name] = record
     out = {}
     seeds = [(_read(os.path.join(d, "config.json")) or {}).get("seed") for d in dirs]
     for filename, suffix in FILES:
@@ -104,6 +100,7 @@ def summarize(workdirs: Sequence[str]) -> dict:
       if not records:
         continue
       _check_same(records, name, filename)
+      firsts.setdefault(filename, {})[name] = records[0]
       for metric in METRICS:
         values = [r[metric] for r in records if metric in r]
         if values:
@@ -111,6 +108,7 @@ def summarize(workdirs: Sequence[str]) -> dict:
     occlusions = [r for r in (_read(os.path.join(d, "occlusion.json")) for d in dirs) if r]
     if occlusions:
       _check_same(occlusions, name, "occlusion.json")
+      firsts.setdefault("occlusion.json", {})[name] = occlusions[0]
       for metric in OCCLUSION_METRICS:
         values = [r[metric] for r in occlusions if metric in r]
         if values:
@@ -118,6 +116,7 @@ def summarize(workdirs: Sequence[str]) -> dict:
     rollouts = [r for r in (_read(os.path.join(d, "rollout.json")) for d in dirs) if r]
     if rollouts:
       _check_same(rollouts, name, "rollout.json")
+      firsts.setdefault("rollout.json", {})[name] = rollouts[0]
       out["rollout_bce"] = {**_curve_stats([r["bce_per_step"] for r in rollouts]),
                             "num_real_steps": rollouts[0]["num_real_steps"]}
       for curve in ROLLOUT_OBJECT_CURVES:   # balls datasets (rnem_jax.objects)
