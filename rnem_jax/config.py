@@ -24,6 +24,9 @@ launch/reproduce_cpu.sh), ``tiny`` (for tests).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+
 import ml_collections
 
 from rnem_jax.model import default_model_config
@@ -76,6 +79,26 @@ MODEL_LABELS = {"rnem": "R-NEM", "rnem_k8": "R-NEM K=8", "rnem_noatt": "R-NEM no
 ROLLOUT_REFERENCES = (("baseline_bce_per_step", "copy last frame"),
                       ("held_bce_per_step", "hold last observed frame"),
                       ("blank_bce_per_step", "empty frame"))
+
+
+def check_same(records: Mapping[str, dict], fields: Sequence[str], what: str, why: str) -> None:
+  """Refuses to put records scored differently side by side (in one mean, curve or table).
+
+  Args:
+    records: label (a run or a model) -> its record (metrics.json, rollout.json, ...).
+    fields: the record fields that must agree, e.g. ``("dataset", "T")``.
+    what: what would be compared, for the message.
+    why: the fix, for the message.
+
+  Raises:
+    ValueError: naming the first field on which they differ, with each record's value.
+  """
+  if not records:
+    raise ValueError(f"no records to compare for {what}")
+  for field in fields:
+    values = {label: rec.get(field) for label, rec in records.items()}
+    if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+      raise ValueError(f"refusing to compare {what}: {field} differs ({values}); {why}")
 
 
 def model_of(name: str) -> str:

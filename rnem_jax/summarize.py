@@ -38,8 +38,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rnem_jax.config import (MODEL_LABELS, PAPER_MODELS, ROLLOUT_REFERENCES, in_report_order,
-                             is_mixture, label, model_of, model_rank)
+from rnem_jax.config import (MODEL_LABELS, PAPER_MODELS, ROLLOUT_REFERENCES, check_same,
+                             in_report_order, is_mixture, label, model_of, model_rank)
 
 METRICS = ("bce_last", "bce_last10", "bce_last_rel", "bce_last10_rel", "relational_bce_last",
            "relational_bce_last10", "relational_bce_last_rel", "relational_bce_last10_rel",
@@ -73,13 +73,14 @@ SAME_WITHIN = ("dataset", "split", "T", "K", "num_sequences")   # seeds of one m
 SAME_ACROSS = ("dataset", "split", "T", "num_sequences", "num_real_steps")   # models compared
 
 
-def _check_same(records: list[dict], name: str, what: str, fields=SAME_WITHIN,
-                why: str = "evaluate them alike before averaging") -> None:
-  for field in fields:
-    seen = {json.dumps(r.get(field)) for r in records}
-    if len(seen) > 1:
-      raise ValueError(f"runs of {name} were scored differently on {what}: {field} takes the "
-                       f"values {sorted(seen)}; {why}")
+def _records(dirs: Sequence[str], filename: str, name: str) -> list[dict]:
+  """The ``filename`` records of the run directories ``dirs`` (one model's seeds) that have
+  one, checked to be scored alike (``SAME_WITHIN``)."""
+  found = {d: r for d, r in ((d, _read(os.path.join(d, filename))) for d in dirs) if r}
+  if found:
+    check_same(found, SAME_WITHIN, f"the runs of {name} on {filename}",
+               "evaluate them alike before averaging")
+  return list(found.values())
 
 
 def summarize(workdirs: Sequence[str]) -> dict:
@@ -96,26 +97,23 @@ def summarize(workdirs: Sequence[str]) -> dict:
     out = {}
     seeds = [(_read(os.path.join(d, "config.json")) or {}).get("seed") for d in dirs]
     for filename, suffix in FILES:
-      records = [r for r in (_read(os.path.join(d, filename)) for d in dirs) if r is not None]
+      records = _records(dirs, filename, name)
       if not records:
         continue
-      _check_same(records, name, filename)
       firsts.setdefault(filename, {})[name] = records[0]
       for metric in METRICS:
         values = [r[metric] for r in records if metric in r]
         if values:
           out[metric + suffix] = _stats(values)
-    occlusions = [r for r in (_read(os.path.join(d, "occlusion.json")) for d in dirs) if r]
+    occlusions = _records(dirs, "occlusion.json", name)
     if occlusions:
-      _check_same(occlusions, name, "occlusion.json")
       firsts.setdefault("occlusion.json", {})[name] = occlusions[0]
       for metric in OCCLUSION_METRICS:
         values = [r[metric] for r in occlusions if metric in r]
         if values:
           out[metric] = _stats(values)
-    rollouts = [r for r in (_read(os.path.join(d, "rollout.json")) for d in dirs) if r]
+    rollouts = _records(dirs, "rollout.json", name)
     if rollouts:
-      _check_same(rollouts, name, "rollout.json")
       firsts.setdefault("rollout.json", {})[name] = rollouts[0]
       out["rollout_bce"] = {**_curve_stats([r["bce_per_step"] for r in rollouts]),
                             "num_real_steps": rollouts[0]["num_real_steps"]}
@@ -127,9 +125,8 @@ def summarize(workdirs: Sequence[str]) -> dict:
         ref = next((r[key] for r in rollouts if key in r), None)
         if ref is not None:
           out.setdefault("rollout_references", {})[key] = ref
-    ablations = [r for r in (_read(os.path.join(d, "rollout_ablation.json")) for d in dirs) if r]
+    ablations = _records(dirs, "rollout_ablation.json", name)
     if ablations:
-      _check_same(ablations, name, "rollout_ablation.json")
       out["rollout_ablation"] = {
           variant: _curve_stats([a["bce_per_step"][variant] for a in ablations])
           for variant in ablations[0]["bce_per_step"]}
@@ -138,8 +135,8 @@ def summarize(workdirs: Sequence[str]) -> dict:
         out["seed_ids"] = sorted(seeds)
       summary[name] = out
   for filename, records in firsts.items():   # the models of one table share its test set
-    _check_same(list(records.values()), ", ".join(records), filename, SAME_ACROSS,
-                "compare only models evaluated on the same test set, the same way")
+    check_same(records, SAME_ACROSS, f"the models {', '.join(records)} on {filename}",
+               "compare only models evaluated on the same test set, the same way")
   return summary
 
 

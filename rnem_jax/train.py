@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import itertools
 import json
 import logging
 import math

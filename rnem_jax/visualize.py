@@ -16,7 +16,6 @@ caller's matplotlib backend.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import NamedTuple, Optional, Sequence
@@ -26,7 +25,7 @@ from matplotlib import colors as mcolors
 from matplotlib import ticker as mticker
 from matplotlib.figure import Figure
 
-from rnem_jax.config import ROLLOUT_REFERENCES, in_report_order, is_mixture, label
+from rnem_jax.config import ROLLOUT_REFERENCES, check_same, in_report_order, is_mixture, label
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +173,13 @@ def _grid_figure(rows: list[tuple[str, tuple, list[np.ndarray]]], col_labels: Se
   ax.imshow(grid, interpolation="nearest")
   ax.set_yticks([r * (h + 1) + h / 2 for r in range(len(rows))])
   ax.set_yticklabels([r[0] for r in rows], fontsize=8)
-  for label, (_, colour, _) in zip(ax.get_yticklabels(), rows):
-    label.set_color(colour)
+  for tick, (_, colour, _) in zip(ax.get_yticklabels(), rows):
+    tick.set_color(colour)
   ax.set_xticks([c * (w + 1) + w / 2 for c in range(n)])
   ax.set_xticklabels(col_labels, fontsize=7)
   if col_colours is not None:
-    for label, colour in zip(ax.get_xticklabels(), col_colours):
-      label.set_color(colour)
+    for tick, colour in zip(ax.get_xticklabels(), col_colours):
+      tick.set_color(colour)
   ax.tick_params(length=0)
   for side in ax.spines.values():
     side.set_visible(False)
@@ -260,16 +259,6 @@ def rollout_figure(truths: Sequence[np.ndarray], models: dict[str, Sequence[np.n
 ROLLOUT_MATCH = ("dataset", "num_real_steps", "num_sim_steps", "num_sequences")
 
 
-def _check_same(records: dict[str, dict], fields: Sequence[str], what: str) -> None:
-  if not records:
-    raise ValueError(f"no records to compare for {what}")
-  for field in fields:
-    values = {name: rec.get(field) for name, rec in records.items()}
-    if len(set(map(json.dumps, values.values()))) > 1:
-      raise ValueError(f"refusing to compare {what}: runs differ in {field!r} ({values}); "
-                       "compare only runs evaluated the same way")
-
-
 OBJECT_PANELS = (("balls_kept", "balls kept (share)"),
                  ("position_error_px", "position error (px)"))
 REFERENCE_LINESTYLES = (":", "-.", "--")   # config.ROLLOUT_REFERENCES, in order
@@ -305,7 +294,8 @@ def rollout_bce_figure(records: dict[str, dict], title: str = "") -> Figure:
   Raises ValueError if the records were not made on the same test set with the
   same numbers of real and simulated steps.
   """
-  _check_same(records, ROLLOUT_MATCH, "rollout curves")
+  check_same(records, ROLLOUT_MATCH, "rollout curves",
+             "compare only runs rolled out the same way")
   first = next(iter(records.values()))
   n_real = first["num_real_steps"]
   with_objects = all("balls_kept_per_step" in r for r in records.values())

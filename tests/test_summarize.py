@@ -43,7 +43,7 @@ def test_mean_std_and_seeds_per_model(tmp_path):
 def test_runs_scored_differently_are_refused(tmp_path):
   runs = [_run(tmp_path / "a0", "rnem_small", {"bce_last": 90.0}, T=15),
           _run(tmp_path / "a1", "rnem_small", {"bce_last": 91.0}, T=20)]
-  with pytest.raises(ValueError, match="T takes the values"):
+  with pytest.raises(ValueError, match="the runs of rnem_small on metrics.json: T differs"):
     summarize.summarize(runs)
   with pytest.raises(ValueError, match="not a run directory"):
     summarize.summarize([str(tmp_path)])
@@ -60,7 +60,7 @@ def test_models_scored_on_different_test_sets_are_refused(tmp_path, field, value
   (tmp_path / "b" / "metrics.json").write_text(json.dumps({**record, "K": 8}))
   assert set(summarize.summarize([a, b])) == {"rnem_small", "rnem_k8_small"}
   (tmp_path / "b" / "metrics.json").write_text(json.dumps({**record, field: value}))
-  with pytest.raises(ValueError, match=f"scored differently on metrics.json: {field} takes"):
+  with pytest.raises(ValueError, match=f"rnem_small on metrics.json: {field} differs"):
     summarize.summarize([a, b])
 
 
