@@ -234,11 +234,15 @@ def build_network(model_cfg: ml_collections.ConfigDict) -> NEMNetwork:
 
 
 def init_params(network: NEMNetwork, key: jax.Array, K: int = 2) -> Any:
-  """Initial parameters (independent of K; K only shapes the dummy input)."""
+  """Initial parameters (independent of K; K only shapes the dummy input).
+
+  One jitted program rather than the forward pass run op by op: a single compilation that
+  the persistent compilation cache keeps, instead of one per primitive and shape.
+  """
   h, w = network.arch.image_size
   u = jnp.zeros((1, K, h, w, network.arch.channels), jnp.float32)
   actions = jnp.zeros((1,), jnp.int32) if network.num_actions else None
-  return network.init(key, u, network.initial_state(1, K), actions)
+  return jax.jit(network.init)(key, u, network.initial_state(1, K), actions)
 
 
 def count_params(params: Any) -> int:

@@ -88,22 +88,24 @@ def _tiny_net(cell="rnem", num_actions=0):
 @pytest.mark.parametrize("cell", ["rnem", "rnem_noatt", "rnn", "lstm"])
 def test_network_step_shapes_any_k(cell):
   net = _tiny_net(cell)
+  apply = jax.jit(net.apply)   # one program per input shape, not one per operation
   params = M.init_params(net, jax.random.key(0), K=5)
   for K in (5, 8, 1):
     u = jax.random.normal(jax.random.key(K), (2, K, 16, 16, 1))
-    state, psi, alpha = net.apply(params, u, net.initial_state(2, K))
+    state, psi, alpha = apply(params, u, net.initial_state(2, K))
     assert psi.shape == (2, K, 16, 16, 1) and alpha.shape == (2, K, K)
     assert np.all((np.asarray(psi) > 0) & (np.asarray(psi) < 1))
 
 
 def test_network_is_permutation_equivariant_in_k():
   net = _tiny_net()
+  apply = jax.jit(net.apply)   # one program per input shape, not one per operation
   params = M.init_params(net, jax.random.key(0), K=4)
   u = jax.random.normal(jax.random.key(1), (2, 4, 16, 16, 1))
   theta = jax.random.uniform(jax.random.key(2), (2, 4, 8))
   perm = np.array([2, 0, 3, 1])
-  s, psi, a = net.apply(params, u, theta)
-  sp, psip, ap = net.apply(params, u[:, perm], theta[:, perm])
+  s, psi, a = apply(params, u, theta)
+  sp, psip, ap = apply(params, u[:, perm], theta[:, perm])
   np.testing.assert_allclose(psip, psi[:, perm], rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(sp, s[:, perm], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(ap, a[:, perm][:, :, perm], rtol=1e-5, atol=1e-6)
@@ -111,11 +113,12 @@ def test_network_is_permutation_equivariant_in_k():
 
 def test_actions_reach_each_sequence_of_the_batch():
   net = _tiny_net(num_actions=4)
+  apply = jax.jit(net.apply)   # one program per input shape, not one per operation
   params = M.init_params(net, jax.random.key(0), K=3)
   u = jnp.zeros((3, 3, 16, 16, 1))
   state = net.initial_state(3, 3)
-  _, psi_a, _ = net.apply(params, u, state, jnp.array([0, 1, 2]))
-  _, psi_b, _ = net.apply(params, u, state, jnp.array([0, 1, 3]))
+  _, psi_a, _ = apply(params, u, state, jnp.array([0, 1, 2]))
+  _, psi_b, _ = apply(params, u, state, jnp.array([0, 1, 3]))
   # only sequence 2 changed its action: only its components change (bug A1 would mix them)
   np.testing.assert_allclose(psi_a[:2], psi_b[:2], rtol=1e-6)
   assert not np.allclose(psi_a[2], psi_b[2])
@@ -129,17 +132,18 @@ def test_per_component_actions():
   """[B, K] actions (the bug-A1 diagnostic): equal columns = the per-sequence action; a
   component's action reaches that component's own prediction."""
   net = _tiny_net(num_actions=4)
+  apply = jax.jit(net.apply)   # one program per input shape, not one per operation
   params = M.init_params(net, jax.random.key(0), K=3)
   u = jax.random.normal(jax.random.key(1), (2, 3, 16, 16, 1))
   state = net.initial_state(2, 3)
   a = jnp.array([1, 3])
-  _, psi, alpha = net.apply(params, u, state, a)
-  _, psi_k, alpha_k = net.apply(params, u, state, jnp.repeat(a[:, None], 3, axis=1))
+  _, psi, alpha = apply(params, u, state, a)
+  _, psi_k, alpha_k = apply(params, u, state, jnp.repeat(a[:, None], 3, axis=1))
   np.testing.assert_allclose(psi_k, psi, rtol=1e-6)
   np.testing.assert_allclose(alpha_k, alpha, rtol=1e-6)
   # only component 1 of sequence 0 changes its action: sequence 1 is untouched, and
   # component 1 changes (the others only through Upsilon's context)
-  _, psi_c, _ = net.apply(params, u, state, jnp.array([[1, 2, 1], [3, 3, 3]]))
+  _, psi_c, _ = apply(params, u, state, jnp.array([[1, 2, 1], [3, 3, 3]]))
   np.testing.assert_allclose(psi_c[1], psi[1], rtol=1e-6)
   assert not np.allclose(psi_c[0, 1], psi[0, 1])
 

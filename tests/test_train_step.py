@@ -62,3 +62,23 @@ def test_batch_splits_give_the_same_step():
   # Adam's first update is about lr * sign(g): 1% of lr is far below what a changed gradient gives
   for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s2.params)):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+
+
+def test_a_step_to_non_finite_parameters_is_not_applied():
+  """Finite loss and gradients but an infinite learning rate: the new parameters are not finite,
+  so the step keeps the old state and says so (``applied`` 0); a normal step is applied."""
+  net = M.build_network(M.default_model_config(
+      image_size=16, hidden=8, interaction_sizes=(8, 8, 8, 4)))
+  params = M.init_params(net, jax.random.key(0))
+  data = {"features": moving_squares(jax.random.key(1), batch=2, frames=3)}
+  for lr, applied in ((1e-3, 1.0), (float("inf"), 0.0)):
+    tx = train.make_optimizer(lr)
+    state = train.create_train_state(params, tx)
+    new, m = train.make_train_step(net, tx, K=2, noise_prob=0.1, donate=False)(
+        state, data, jax.random.key(2))
+    assert float(m["applied"]) == applied and np.isfinite(float(m["loss"]))
+    assert int(new.step) == 1
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new.params),
+                                                 jax.tree_util.tree_leaves(params))]
+    assert all(same) == (applied == 0.0)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(new))
