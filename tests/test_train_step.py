@@ -86,4 +86,6 @@ def test_a_step_to_non_finite_parameters_is_not_applied():
     same = [np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new.params),
                                                  jax.tree_util.tree_leaves(params))]
     assert all(same) == (applied == 0.0)
-    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(new.params))
+    # the bad case keeps its (infinite) optimizer state; the applied step's is finite
+    kept = new if applied else new.params
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(kept))
