@@ -30,6 +30,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Optional
 
@@ -400,38 +401,82 @@ class StopSignals:
       self._defer = False
 
 
+class TrainingClock:
+  """Seconds trained by this invocation: wall-clock time less the time the process spent
+  stopped (SIGSTOP or SIGTSTP: ``scontrol suspend``, a shell's ctrl-Z), so that a budget in
+  minutes (train.max_minutes) buys training, not waiting in a suspended job.
+
+  A stopped process runs none of its threads: a daemon thread that wakes every ``tick``
+  seconds sees a stop as one long gap between two wake-ups. A gap longer than ``gap`` seconds
+  (a running process's thread is not held that long) counts as stopped, less one tick.
+  Monotonic time, so a suspended machine (a closed laptop) does not count either.
+  """
+
+  def __init__(self, tick: float = 0.5, gap: float = 5.0):
+    self.tick, self.gap = tick, gap
+    self._started = self._last = time.monotonic()
+    self._stopped = 0.0
+    self._lock = threading.Lock()
+    self._done = threading.Event()
+    threading.Thread(target=self._watch, name="training-clock", daemon=True).start()
+
+  def _watch(self) -> None:
+    while not self._done.wait(self.tick):
+      self._observe()
+
+  def _observe(self) -> float:
+    with self._lock:
+      now = time.monotonic()
+      if now - self._last > self.gap:
+        self._stopped += now - self._last - self.tick
+      self._last = now
+      return now - self._started - self._stopped
+
+  def elapsed(self) -> float:
+    """Seconds since the clock started, without the stops (the caller is a witness too: a
+    call just after a stop counts it before the watcher wakes)."""
+    return self._observe()
+
+  @property
+  def stopped(self) -> float:
+    """Seconds the process has spent stopped so far."""
+    with self._lock:
+      return self._stopped
+
+  def close(self) -> None:
+    self._done.set()
+
+
 class Progress:
   """One progress line every ``every`` seconds for logs that are not a terminal: step, steps/s,
   the last logged loss, training time (this and earlier invocations) and the time to the end
-  of the budget (steps or minutes, whichever comes first)."""
+  of the budget (steps or minutes, whichever comes first). Times are training seconds of this
+  invocation (``TrainingClock.elapsed``); ``budget`` is the whole run's, in seconds, or None."""
 
-  def __init__(self, step: int, max_steps: int, started: float, deadline: Optional[float],
-               trained_before: float, every: float = 60.0):
-    self.max_steps, self.started, self.deadline = max_steps, started, deadline
-    self.trained_before, self.every = trained_before, every
-    self.first_step, self.last_time, self.loss = step, started, None
+  def __init__(self, step: int, max_steps: int, budget: Optional[float], trained_before: float,
+               every: float = 60.0):
+    self.max_steps, self.budget, self.trained_before = max_steps, budget, trained_before
+    self.every = every
+    self.first_step, self.last_time, self.loss = step, 0.0, None
 
-  def minutes(self) -> str:
-    total = self.trained_before + time.time() - self.started
-    budget = self.trained_before + self.deadline - self.started
-    return f"{total / 60:.1f}/{budget / 60:.0f}"
+  def minutes(self, elapsed: float) -> str:
+    return f"{(self.trained_before + elapsed) / 60:.1f}/{self.budget / 60:.0f}"
 
-  def line(self, step: int, now: float) -> str:
-    rate = (step - self.first_step) / max(now - self.started, 1e-9)
+  def line(self, step: int, elapsed: float) -> str:
+    rate = (step - self.first_step) / max(elapsed, 1e-9)
     left = (self.max_steps - step) / rate if rate > 0 else float("inf")
-    if self.deadline is not None:
-      left = min(left, max(self.deadline - now, 0.0))
+    if self.budget is not None:
+      left = min(left, max(self.budget - self.trained_before - elapsed, 0.0))
     eta = "?" if left == float("inf") else str(datetime.timedelta(seconds=round(left)))
-    trained = datetime.timedelta(seconds=round(self.trained_before + now - self.started))
+    trained = datetime.timedelta(seconds=round(self.trained_before + elapsed))
     loss = "" if self.loss is None else f", loss {self.loss:.1f}"
     return (f"step {step}/{self.max_steps}, {rate:.2f} steps/s{loss}, trained {trained}, "
-            f"{'budget' if self.deadline is not None else 'steps'} left ~{eta}")
+            f"{'budget' if self.budget is not None else 'steps'} left ~{eta}")
 
-  def maybe_log(self, step: int) -> None:
-    now = time.time()
-    if now - self.last_time >= self.every:
-      self.last_time = now
-      log.info("%s", self.line(step, now))
+  def maybe_log(self, step: int, elapsed: float) -> None:
+    if elapsed - self.last_time >= self.every:
+      self.last_time = elapsed
+      log.info("%s", self.line(step, elapsed))
 
 
 # Consecutive steps with exactly zero gradients after which training stops (saturated units:
@@ -589,7 +634,7 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
   step = int(state.step)
   # Training time of the earlier invocations: the wall-clock budget counts the whole run.
   trained_before = float((meta or {}).get("train_seconds", 0.0))
-  started = time.time()
+  clock = TrainingClock()
   config_json = config.to_json_best_effort(indent=2)
   if jax.process_index() == 0:
     write_atomic(workdir / "config.json",
@@ -607,7 +652,7 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
   def meta_now(epoch: int) -> dict:
     return {"model": model_signature(config), "epoch": epoch,
             "config": json.loads(config_json),
-            "train_seconds": trained_before + time.time() - started,
+            "train_seconds": trained_before + clock.elapsed(),
             "early_stopping": {"best_metric": float(stopper.best_metric),
                                "patience_count": int(stopper.patience_count),
                                "should_stop": bool(stopper.should_stop)}}
@@ -621,16 +666,15 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       config.dataset, "train", config.train.batch_size // jax.process_count(),
       seed=config.seed, num_frames=T + 1, shuffle=True, start_batch=step,
       keys=model_keys(info), data_dir=_data_dir(config))
-  budget = 60.0 * config.train.max_minutes
-  deadline = started + max(budget - trained_before, 0.0) if budget else None
-  if deadline is not None and deadline <= started:
+  budget = 60.0 * config.train.max_minutes or None
+  if budget is not None and trained_before >= budget:
     log.info("the wall-clock budget (train.max_minutes=%g) is spent (%.1f minutes trained): "
              "nothing to train; raise it to train on", config.train.max_minutes,
              trained_before / 60)
   reason = "max_steps"
-  progress = Progress(step, max_steps, started, deadline, trained_before)
+  progress = Progress(step, max_steps, budget, trained_before)
   # With a wall-clock budget the step total is unknown: the bar counts steps and minutes.
-  bar = tqdm.tqdm(total=None if deadline is not None else max_steps, initial=step,
+  bar = tqdm.tqdm(total=None if budget is not None else max_steps, initial=step,
                   desc=config.name, dynamic_ncols=True, disable=not sys.stderr.isatty())
   # Metrics stay on the device until read here, every log_every steps and before every save:
   # no per-step host sync, so the host prepares the next batch while the device computes.
@@ -669,7 +713,8 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       logger.write(s, "train", scalars)
       progress.loss = scalars["loss"]
       bar.set_postfix(loss=f"{scalars['loss']:.1f}", steps_per_s=f"{sps:.2f}",
-                      **({"minutes": progress.minutes()} if deadline is not None else {}))
+                      **({"minutes": progress.minutes(clock.elapsed())}
+                         if budget is not None else {}))
 
   def save(which: str, s: int, epoch: int, batch, key) -> None:
     """Saves after checking that the parameters give a finite loss on the last batch."""
@@ -700,7 +745,7 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       if stopper.should_stop:
         reason = "early_stopping"
         break
-      if deadline is not None and time.time() > deadline:
+      if budget is not None and trained_before + clock.elapsed() >= budget:
         reason = "max_minutes"
         break
       batch = shard_batch(_model_inputs(next(batches)), mesh)
@@ -710,7 +755,7 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       pending.append((step, metrics))
       bar.update(1)
       if bar.disable:
-        progress.maybe_log(step)
+        progress.maybe_log(step, clock.elapsed())
       epoch_end = step % steps_per_epoch == 0
       if (step % config.train.log_every == 0 or step == max_steps or epoch_end
           or step % config.train.checkpoint_every == 0):
@@ -736,10 +781,13 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       # No epoch finished yet: the latest state is the best we have.
       ckpts.save("best", step, state, meta_now(step // steps_per_epoch))
   finally:
+    clock.close()
     bar.close()
     ckpts.wait()
     ckpts.close()
     logger.close()
   summary = {"step": step, "stop_reason": reason, "best_valid_loss": float(stopper.best_metric)}
   log.info("training stopped (%s) at step %d", reason, step)
+  if clock.stopped:
+    log.info("%.0f s spent stopped (SIGSTOP) are not counted as training", clock.stopped)
   return summary

@@ -68,8 +68,8 @@ def test_synthetic_train_step_is_the_documented_network_params_and_key():
   assert batch["features"].shape == (T + 1, B, size, size, 1)
   network = M.build_network(benchmark.model_config("rnem", size)[0])
   params = M.init_params(network, jax.random.key(0), K)
-  expected = em.training_loss(network, params, batch["features"],
-                              em.sequence_keys(jax.random.key(2), 0, B), K=K, noise_prob=0.2)[0]
+  loss = jax.jit(lambda p, x, k: em.training_loss(network, p, x, k, K=K, noise_prob=0.2)[0])
+  expected = loss(params, batch["features"], em.sequence_keys(jax.random.key(2), 0, B))
   state, metrics = compiled(state, batch, key)
   assert int(state.step) == 1
   assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-4)

@@ -164,10 +164,47 @@ def test_simulation_trained_models_train_and_validate_on_the_simulated_objective
 
 
 def test_progress_lines_give_rate_training_time_and_what_is_left():
-  p = train.Progress(step=100, max_steps=1100, started=1000.0, deadline=None,
-                     trained_before=3600.0)
+  p = train.Progress(step=100, max_steps=1100, budget=None, trained_before=3600.0)
   p.loss = 123.4
-  assert p.line(200, 1100.0) == ("step 200/1100, 1.00 steps/s, loss 123.4, trained 1:01:40, "
-                                 "steps left ~0:15:00")
-  p = train.Progress(step=0, max_steps=10**6, started=0.0, deadline=600.0, trained_before=0.0)
+  assert p.line(200, 100.0) == ("step 200/1100, 1.00 steps/s, loss 123.4, trained 1:01:40, "
+                                "steps left ~0:15:00")
+  p = train.Progress(step=0, max_steps=10**6, budget=600.0, trained_before=0.0)
   assert p.line(50, 100.0).endswith("0.50 steps/s, trained 0:01:40, budget left ~0:08:20")
+  p = train.Progress(step=0, max_steps=10**6, budget=600.0, trained_before=450.0)
+  assert p.line(50, 100.0).endswith("trained 0:09:10, budget left ~0:00:50")
+  assert p.minutes(100.0) == "9.2/10"
+
+
+_CLOCK_CHILD = """
+import sys, time
+from rnem_jax.train import TrainingClock
+start = time.monotonic()
+clock = TrainingClock(tick=0.1, gap=1.0)
+print("ready", flush=True)
+sys.stdin.readline()
+print(time.monotonic() - start, clock.elapsed(), clock.stopped, flush=True)
+"""
+
+
+@pytest.mark.parametrize("stop_s", [0.0, 3.0])
+def test_the_training_clock_leaves_out_time_stopped(stop_s):
+  """SIGSTOP for 3 s (``scontrol suspend``) is not training time; a running process's time
+  is all counted."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  proc = subprocess.Popen([sys.executable, "-c", _CLOCK_CHILD], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "ready"
+  time.sleep(0.5)
+  if stop_s:
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(stop_s)
+    proc.send_signal(signal.SIGCONT)
+  time.sleep(0.5)
+  out, _ = proc.communicate("go\n", timeout=60)
+  wall, elapsed, stopped = map(float, out.split())
+  assert wall >= 1.0 + stop_s
+  assert stopped == pytest.approx(stop_s, abs=0.3)
+  assert elapsed == pytest.approx(wall - stopped, abs=0.05)
