@@ -13,13 +13,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, xla_flags
 
 
 def _python(script: str, devices: int, timeout: int = 600, env=None) -> str:
   """Runs ``script`` in a fresh interpreter with ``devices`` CPU devices; returns its stdout."""
   env = dict(os.environ if env is None else env)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla_flags(f"--xla_force_host_platform_device_count={devices}")
   r = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=env,
                      capture_output=True, text=True, timeout=timeout)
   assert r.returncode == 0, r.stderr[-4000:]
@@ -113,7 +113,7 @@ def test_eval_metrics_do_not_depend_on_batch_size_or_devices(data_dir):
 def test_paper_configs_start_on_cpu_with_8_devices(config, tmp_path):
   """The headline command at paper scale validates on 8 devices, says what a CPU step costs,
   and starts building the paper dataset (stopped there)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"),
              RNEM_DATA_DIR=str(tmp_path / "data"), RNEM_BUILD_WORKERS="1")
   proc = subprocess.Popen(
       [sys.executable, "-m", "rnem_jax.main", f"--config={config}",
@@ -162,7 +162,7 @@ def test_two_processes_train_resume_evaluate_like_one(tmp_path, data_dir, compil
   one, two = tmp_path / "one_process", tmp_path / "two_processes"
   r = subprocess.run(_main_args(one, data_dir, "--mode=all"), cwd=REPO, capture_output=True,
                      text=True, timeout=900,
-                     env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                     env=dict(env, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2")))
   assert r.returncode == 0, r.stderr[-4000:]
 
   def start(mode, max_steps):

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from conftest import without_o0
 from rnem_jax import host_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -45,7 +46,7 @@ print(json.dumps(dict(applied=applied, in_effect=host_memory.in_effect(), temp=t
 
 
 def _start(mode):
-  env = dict(os.environ, RNEM_HOST_ALLOCATOR=mode)
+  env = without_o0(dict(os.environ, RNEM_HOST_ALLOCATOR=mode))   # XLA:CPU as users run it
   env.pop("GLIBC_TUNABLES", None)
   return subprocess.Popen([sys.executable, "-c", PROGRAM, str(CALLS)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conftest import OPTIMIZED
 from rnem_jax import model as M
 from rnem_jax import train
 
@@ -31,8 +32,9 @@ def test_few_hundred_steps_reduce_the_loss():
       image_size=16, hidden=32, interaction_sizes=(32, 32, 32, 16)))
   tx = train.make_optimizer(1e-3)
   state = train.create_train_state(M.init_params(net, jax.random.key(0)), tx)
-  step = train.make_train_step(net, tx, K=2, noise_prob=0.1)
   data = moving_squares(jax.random.key(1), batch=8)
+  step = train.make_train_step(net, tx, K=2, noise_prob=0.1).lower(
+      state, {"features": data}, jax.random.key(2)).compile(OPTIMIZED)   # 200 steps
   losses = []
   for i in range(200):
     state, metrics = step(state, {"features": data}, jax.random.fold_in(jax.random.key(2), i))
