@@ -44,6 +44,22 @@ def _latest_meta(workdir):
     return step, json.load(f)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir, compile_cache):
+  """A workdir after ``--mode=train`` of the tiny config (6 steps: latest 4 and 6, best 6),
+  trained once for the tests that damage, resume or evaluate one."""
+  wd = tmp_path_factory.mktemp("trained") / "run"
+  r = _run(_args(wd, "--mode=train"), _env(compile_cache, data_dir))
+  assert r.returncode == 0, r.stderr[-3000:]
+  return wd
+
+
+def _copy(trained, tmp_path):
+  """A copy of the trained workdir of this test's own (the same files, another path)."""
+  import shutil
+  return shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("train.lock"))
+
+
 def _wait_for(predicate, proc, timeout=300):
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -112,9 +128,9 @@ def test_a_second_trainer_is_refused_and_sigint_stops_the_first(tmp_path, data_d
   assert r.returncode == 0, r.stderr[-3000:]
 
 
-def test_damaged_newest_latest_falls_back_to_the_one_before(tmp_path, data_dir, compile_cache):
-  env, wd = _env(compile_cache, data_dir), tmp_path / "run"
-  assert _run(_args(wd, "--mode=train"), env).returncode == 0        # latest 4 and 6
+def test_damaged_newest_latest_falls_back_to_the_one_before(tmp_path, data_dir, compile_cache,
+                                                            trained):
+  env, wd = _env(compile_cache, data_dir), _copy(trained, tmp_path)    # latest 4 and 6
   newest = wd / "checkpoints" / "latest" / "6"
   largest = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
   os.truncate(largest, largest.stat().st_size // 2)
@@ -127,10 +143,9 @@ def test_damaged_newest_latest_falls_back_to_the_one_before(tmp_path, data_dir, 
   assert [r["step"] for r in _train_rows(wd)] == list(range(1, 8))
 
 
-def test_random_bytes_in_a_checkpoint_are_found(tmp_path, data_dir, compile_cache):
+def test_random_bytes_in_a_checkpoint_are_found(tmp_path, data_dir, compile_cache, trained):
   """Bytes that still parse are caught by the fingerprint; a damaged best is one line."""
-  env, wd = _env(compile_cache, data_dir), tmp_path / "run"
-  assert _run(_args(wd, "--mode=train"), env).returncode == 0
+  env, wd = _env(compile_cache, data_dir), _copy(trained, tmp_path)
   best = wd / "checkpoints" / "best"
   (step,) = [p for p in best.iterdir() if p.name.isdigit()]
   meta = step / "meta" / "metadata"
@@ -171,9 +186,8 @@ def test_saturated_units_stop_the_run_instead_of_training_on_nothing(tmp_path, d
 
 
 def test_resume_with_another_learning_rate_is_refused_without_the_override(
-    tmp_path, data_dir, compile_cache):
-  env, wd = _env(compile_cache, data_dir), tmp_path / "run"
-  assert _run(_args(wd, "--mode=train"), env).returncode == 0
+    tmp_path, data_dir, compile_cache, trained):
+  env, wd = _env(compile_cache, data_dir), _copy(trained, tmp_path)
   listing = sorted(p.name for p in (wd / "checkpoints" / "latest").iterdir())
   r = _run(_args(wd, "--mode=train", "--config.train.learning_rate=3e-4",
                  "--config.train.max_steps=8"), env)
@@ -187,11 +201,10 @@ def test_resume_with_another_learning_rate_is_refused_without_the_override(
   assert r.returncode == 0 and "train.learning_rate: 0.001 -> 0.0003" in r.stderr
 
 
-def test_kill_between_best_and_latest_resumes(tmp_path, data_dir, compile_cache):
+def test_kill_between_best_and_latest_resumes(tmp_path, data_dir, compile_cache, trained):
   """best/6 committed, latest/6 not (killed in between): the resume replaces best/6."""
   import shutil
-  env, wd = _env(compile_cache, data_dir), tmp_path / "run"
-  assert _run(_args(wd, "--mode=train"), env).returncode == 0
+  env, wd = _env(compile_cache, data_dir), _copy(trained, tmp_path)
   shutil.rmtree(wd / "checkpoints" / "latest" / "6")
   assert (wd / "checkpoints" / "best" / "6").is_dir()
   r = _run(_args(wd, "--mode=train"), env)
@@ -210,11 +223,9 @@ def test_kill_between_best_and_latest_resumes(tmp_path, data_dir, compile_cache)
     ("--config.eval.dataset=bouncing_balls/balls4mass64", "cannot take this image size"),
 ])
 def test_bad_values_are_one_line_and_create_nothing(override, match, tmp_path, data_dir,
-                                                    compile_cache):
+                                                    compile_cache, trained):
   mode = "--mode=eval" if "eval.dataset" in override else "--mode=train"
-  wd = tmp_path / "run"
-  if mode == "--mode=eval":
-    assert _run(_args(wd, "--mode=train"), _env(compile_cache, data_dir)).returncode == 0
+  wd = _copy(trained, tmp_path) if mode == "--mode=eval" else tmp_path / "run"
   before = sorted(str(p) for p in tmp_path.rglob("*"))
   t = time.time()
   r = _run(_args(wd, mode, override), _env(compile_cache, data_dir))
