@@ -1,6 +1,7 @@
 """rnem_jax.benchmark: the CLI writes its JSON, and the FLOP count is the hand count."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,13 +15,16 @@ from rnem_jax import model as M
 REQUIRED = ("train_step_s", "compile_s", "gflops_per_s", "matmul_gflops_per_s", "peak_rss_gb")
 
 
-def test_cli_writes_json_with_the_required_keys(tmp_path):
+def test_cli_writes_json_with_the_required_keys(tmp_path, compile_cache):
+  """(The step it compiles is test_synthetic_train_step's, which the shared compilation cache
+  then holds.)"""
   out = tmp_path / "bench.json"
   proc = subprocess.run(
       [sys.executable, "-m", "rnem_jax.benchmark", "--model=rnem", "--batch=2", "--K=2", "--T=2",
-       "--image_size=16", "--hidden=8", "--interaction_sizes=8,8,8,4", "--repeats=1",
-       "--matmul_size=128", "--unroll=1", f"--json={out}"],
-      capture_output=True, text=True, timeout=300)
+       "--image_size=16", "--repeats=1", "--matmul_size=128", f"--json={out}"],
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "train_step_s" in proc.stdout  # the table header
   result = json.loads(out.read_text())
@@ -58,7 +62,7 @@ def test_network_flops_are_the_nominal_count():
   assert benchmark.network_step_flops(net, params, 1, 1) == 2 * (convs + dense)
 
 
-def test_synthetic_train_step_is_the_documented_network_params_and_key():
+def test_synthetic_train_step_is_the_documented_network_params_and_key(compile_cache):
   """Its first step's loss is the training loss of init_params(key 0) on its batch, with the
   training loop's per-sequence keys from key 2."""
   from rnem_jax import em
