@@ -186,7 +186,7 @@ def make_config(variant: str, *, datasets: dict[str, str], architecture: str = "
       max_epochs=500,
       steps_per_epoch=0,               # 0 = train size // batch size
       max_steps=0,                     # 0 = no limit
-      max_minutes=0.0,                 # wall-clock budget; 0 = no limit
+      max_minutes=0.0,                 # training-time budget (all resumes); 0 = no limit
       patience=10,                     # early stopping, in epochs
       valid_size=1000,                 # fixed validation subset (first sequences), every process
       valid_batch_size=64,             # any size: batches are padded to a multiple of the devices

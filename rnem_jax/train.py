@@ -403,22 +403,35 @@ class StopSignals:
 
 class TrainingClock:
   """Seconds trained by this invocation: wall-clock time less the time the process spent
-  stopped (SIGSTOP or SIGTSTP: ``scontrol suspend``, a shell's ctrl-Z), so that a budget in
+  stopped (SIGSTOP or SIGTSTP: ``scontrol suspend``, a shell's Ctrl-Z), so that a budget in
   minutes (train.max_minutes) buys training, not waiting in a suspended job.
 
   A stopped process runs none of its threads: a daemon thread that wakes every ``tick``
-  seconds sees a stop as one long gap between two wake-ups. A gap longer than ``gap`` seconds
-  (a running process's thread is not held that long) counts as stopped, less one tick.
-  Monotonic time, so a suspended machine (a closed laptop) does not count either.
+  seconds sees a stop as one long gap between two wake-ups. A gap longer than ``gap``
+  seconds counts as stopped (less one tick) once the SIGCONT that ended it is seen, so a gap
+  from another cause (the main thread holding the interpreter lock in a long C call) is
+  training time. Monotonic time: a suspended machine (a closed laptop) does not count either.
+  Built in the main thread (it installs the SIGCONT handler; elsewhere it never subtracts).
   """
 
   def __init__(self, tick: float = 0.5, gap: float = 5.0):
     self.tick, self.gap = tick, gap
     self._started = self._last = time.monotonic()
     self._stopped = 0.0
+    self._suspect = 0.0             # the latest gap, until a SIGCONT confirms it
+    self._conts = self._seen = 0    # SIGCONTs received / accounted for
     self._lock = threading.Lock()
     self._done = threading.Event()
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGCONT, self._on_cont)
     threading.Thread(target=self._watch, name="training-clock", daemon=True).start()
+
+  def _on_cont(self, signum, frame) -> None:
+    # Runs in the main thread, which may hold self._lock: no lock here (one writer).
+    self._conts += 1
+    if callable(self._previous):
+      self._previous(signum, frame)
 
   def _watch(self) -> None:
     while not self._done.wait(self.tick):
@@ -428,13 +441,17 @@ class TrainingClock:
     with self._lock:
       now = time.monotonic()
       if now - self._last > self.gap:
-        self._stopped += now - self._last - self.tick
+        self._suspect = now - self._last - self.tick
       self._last = now
+      if self._conts != self._seen:
+        self._seen = self._conts
+        self._stopped += self._suspect
+        self._suspect = 0.0
       return now - self._started - self._stopped
 
   def elapsed(self) -> float:
-    """Seconds since the clock started, without the stops (the caller is a witness too: a
-    call just after a stop counts it before the watcher wakes)."""
+    """Seconds since the clock started, without the stops (the caller is a witness too: the
+    main thread runs the SIGCONT handler first, so a call just after a stop counts it)."""
     return self._observe()
 
   @property
@@ -444,7 +461,11 @@ class TrainingClock:
       return self._stopped
 
   def close(self) -> None:
+    """Stops the watcher and puts the previous SIGCONT handler back."""
     self._done.set()
+    if self._previous is not None and threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGCONT, self._previous)
+      self._previous = None
 
 
 class Progress:
@@ -632,7 +653,7 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
     log.info("resumed from step %d in %s%s", step, workdir,
              f" (dropped newer checkpoints {dropped})" if dropped else "")
   step = int(state.step)
-  # Training time of the earlier invocations: the wall-clock budget counts the whole run.
+  # Training time of the earlier invocations: the time budget counts the whole run.
   trained_before = float((meta or {}).get("train_seconds", 0.0))
   clock = TrainingClock()
   config_json = config.to_json_best_effort(indent=2)
@@ -668,18 +689,18 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       keys=model_keys(info), data_dir=_data_dir(config))
   budget = 60.0 * config.train.max_minutes or None
   if budget is not None and trained_before >= budget:
-    log.info("the wall-clock budget (train.max_minutes=%g) is spent (%.1f minutes trained): "
+    log.info("the time budget (train.max_minutes=%g) is spent (%.1f minutes trained): "
              "nothing to train; raise it to train on", config.train.max_minutes,
              trained_before / 60)
   reason = "max_steps"
   progress = Progress(step, max_steps, budget, trained_before)
-  # With a wall-clock budget the step total is unknown: the bar counts steps and minutes.
+  # With a time budget the step total is unknown: the bar counts steps and minutes.
   bar = tqdm.tqdm(total=None if budget is not None else max_steps, initial=step,
                   desc=config.name, dynamic_ncols=True, disable=not sys.stderr.isatty())
   # Metrics stay on the device until read here, every log_every steps and before every save:
   # no per-step host sync, so the host prepares the next batch while the device computes.
   pending: list[tuple[int, dict]] = []
-  timer = {"time": time.time(), "step": step, "zero_grads": 0}
+  timer = {"time": clock.elapsed(), "step": step, "zero_grads": 0}
 
   def stopped_here(s: int) -> str:
     return (f"stopping. The last good checkpoint (step {ckpts.latest.latest_step()}) is kept "
@@ -705,7 +726,7 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
     s, m = pending[-1][0], values[-1]
     pending.clear()
     if s % config.train.log_every == 0 or s == max_steps:
-      now = time.time()
+      now = clock.elapsed()
       sps = (s - timer["step"]) / max(now - timer["time"], 1e-9)
       timer.update(time=now, step=s)
       scalars = {k: float(v) for k, v in m.items() if k != "applied"}
@@ -732,6 +753,15 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       return signum or (signal.SIGTERM if _any_process(signum is not None) else None)
     return signum
 
+  def budget_spent() -> bool:
+    """Whether train.max_minutes is spent; with several processes, decided together at the
+    log_every steps (each process's clock may differ by the time a stopped peer kept the
+    others waiting)."""
+    spent = budget is not None and trained_before + clock.elapsed() >= budget
+    if jax.process_count() > 1 and budget is not None:
+      return not step % config.train.log_every and _any_process(spent)
+    return spent
+
   batch, key = None, None
   try:
     while step < max_steps:
@@ -745,7 +775,7 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
       if stopper.should_stop:
         reason = "early_stopping"
         break
-      if budget is not None and trained_before + clock.elapsed() >= budget:
+      if budget_spent():
         reason = "max_minutes"
         break
       batch = shard_batch(_model_inputs(next(batches)), mesh)
@@ -789,5 +819,6 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
   summary = {"step": step, "stop_reason": reason, "best_valid_loss": float(stopper.best_metric)}
   log.info("training stopped (%s) at step %d", reason, step)
   if clock.stopped:
-    log.info("%.0f s spent stopped (SIGSTOP) are not counted as training", clock.stopped)
+    log.info("%.0f s spent stopped (SIGSTOP, SIGTSTP) are not counted as training",
+             clock.stopped)
   return summary

@@ -21,7 +21,8 @@ def test_cli_writes_json_with_the_required_keys(tmp_path, compile_cache):
   out = tmp_path / "bench.json"
   proc = subprocess.run(
       [sys.executable, "-m", "rnem_jax.benchmark", "--model=rnem", "--batch=2", "--K=2", "--T=2",
-       "--image_size=16", "--repeats=1", "--matmul_size=128", f"--json={out}"],
+       "--image_size=16", "--hidden=250", "--interaction_sizes=250,250,250,100", "--unroll=full",
+       "--repeats=1", "--matmul_size=128", f"--json={out}"],
       capture_output=True, text=True, timeout=300,
       env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5"))

@@ -168,8 +168,9 @@ def test_two_processes_train_resume_evaluate_like_one(tmp_path, data_dir, compil
   def start(mode, max_steps):
     port = _free_port()
     return [subprocess.Popen(
+        # (a time budget that does not run out: its check is agreed between the processes)
         _main_args(two, data_dir, f"--mode={mode}", f"--config.train.max_steps={max_steps}",
-                   "--distributed", f"--coordinator_address=localhost:{port}",
+                   "--config.train.max_minutes=600", "--distributed", f"--coordinator_address=localhost:{port}",
                    "--num_processes=2", f"--process_id={i}"),
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True) for i in range(2)]
