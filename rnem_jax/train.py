@@ -745,22 +745,21 @@ def _train(config, workdir, mesh, network, info, steps_per_epoch, max_steps,
                                + stopped_here(s))
     ckpts.save(which, s, state, meta_now(epoch))
 
+  def together(flag: bool) -> bool:
+    """``flag``; with several processes, decided together at the log_every steps (any
+    process's flag counts; between those steps, False), so that all stop at the same step."""
+    if jax.process_count() == 1:
+      return flag
+    return not step % config.train.log_every and _any_process(flag)
+
   def check_stop() -> Optional[int]:
     signum = stop()
-    if jax.process_count() > 1:
-      if step % config.train.log_every:
-        return None
-      return signum or (signal.SIGTERM if _any_process(signum is not None) else None)
-    return signum
+    return (signum or signal.SIGTERM) if together(signum is not None) else None
 
   def budget_spent() -> bool:
-    """Whether train.max_minutes is spent; with several processes, decided together at the
-    log_every steps (each process's clock may differ by the time a stopped peer kept the
-    others waiting)."""
-    spent = budget is not None and trained_before + clock.elapsed() >= budget
-    if jax.process_count() > 1 and budget is not None:
-      return not step % config.train.log_every and _any_process(spent)
-    return spent
+    """Whether train.max_minutes is spent (together: each process's clock may differ by the
+    time a stopped peer kept the others waiting)."""
+    return budget is not None and together(trained_before + clock.elapsed() >= budget)
 
   batch, key = None, None
   try:

@@ -50,10 +50,13 @@ def _shared(tmp_path_factory, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
-  """A persistent XLA compilation cache shared by this process and the CLI subprocesses."""
+  """A persistent XLA compilation cache shared by this process and the subprocesses it starts
+  (exported in the environment they inherit)."""
   path = os.environ.get("RNEM_TEST_COMPILE_CACHE") or _shared(tmp_path_factory, "xla_cache")
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
   return path
 
 

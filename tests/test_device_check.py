@@ -12,7 +12,7 @@ from conftest import REPO
 @pytest.mark.slow
 def test_device_check_writes_every_stage(tmp_path, data_dir, compile_cache):
   out = tmp_path / "gpu" / "device_check.json"
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache, RNEM_DATA_DIR=data_dir)
+  env = dict(os.environ, RNEM_DATA_DIR=data_dir)
   r = subprocess.run(
       ["bash", "launch/device_check.sh", str(out), "--batch=4", "--K=2", "--T=2",
        "--image_size=32", "--repeats=1", "--dataset=bouncing_balls/balls4mass32_tiny",

@@ -158,7 +158,7 @@ def test_two_processes_train_resume_evaluate_like_one(tmp_path, data_dir, compil
   """Two real ``jax.distributed`` processes (one CPU device each) train the tiny config through
   four epoch boundaries (best and latest saved), are SIGKILLed mid-run and resumed, then
   evaluate and roll out together: every loss and metric equals one process with two devices."""
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache)
+  env = dict(os.environ)
   one, two = tmp_path / "one_process", tmp_path / "two_processes"
   r = subprocess.run(_main_args(one, data_dir, "--mode=all"), cwd=REPO, capture_output=True,
                      text=True, timeout=900,
@@ -170,8 +170,9 @@ def test_two_processes_train_resume_evaluate_like_one(tmp_path, data_dir, compil
     return [subprocess.Popen(
         # (a time budget that does not run out: its check is agreed between the processes)
         _main_args(two, data_dir, f"--mode={mode}", f"--config.train.max_steps={max_steps}",
-                   "--config.train.max_minutes=600", "--distributed", f"--coordinator_address=localhost:{port}",
-                   "--num_processes=2", f"--process_id={i}"),
+                   "--config.train.max_minutes=600", "--distributed",
+                   f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                   f"--process_id={i}"),
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True) for i in range(2)]
 

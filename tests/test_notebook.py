@@ -111,8 +111,6 @@ def test_notebook_executes_on_cpu(tmp_path, data_dir, compile_cache, monkeypatch
   _set_parameters(nb, RNEM_SOURCE=str(REPO), EXPECTED_BACKEND="cpu",
                   CONFIG="configs/balls.py:tiny", WORKDIR=str(tmp_path / "run"),
                   DATA_DIR=data_dir, STEPS=3, EXTRAPOLATION=False)
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", compile_cache)
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                    resources={"metadata": {"path": str(tmp_path)}})
