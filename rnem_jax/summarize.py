@@ -38,8 +38,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rnem_jax.config import (MODEL_LABELS, PAPER_MODELS, ROLLOUT_REFERENCES, check_same,
-                             in_report_order, is_mixture, label, model_of, model_rank)
+from rnem_jax.config import (MODEL_LABELS, MODEL_TRAIN_SIM, PAPER_MODELS, ROLLOUT_REFERENCES,
+                             check_same, in_report_order, is_mixture, label, model_of,
+                             model_rank)
 
 METRICS = ("bce_last", "bce_last10", "bce_last_rel", "bce_last10_rel", "relational_bce_last",
            "relational_bce_last10", "relational_bce_last_rel", "relational_bce_last10_rel",
@@ -142,16 +143,33 @@ def summarize(workdirs: Sequence[str]) -> dict:
 
 def _pool_stats(a: dict, b: dict) -> dict:
   """Mean and ddof=1 std of the union of two disjoint seed sets, from their stats (scalars or
-  per-step lists): the combined sum of squares is each side's plus the between-means term."""
-  na, nb = a["seeds"], b["seeds"]
+  per-step lists): the combined sum of squares is each side's plus the between-means term.
+  Per step, a curve pools over the sides that measured the step (``seeds_per_step``)."""
+  if np.ndim(a["mean"]) == 0:
+    na, nb = a["seeds"], b["seeds"]
+    n = na + nb
+    ss = ((na - 1) * a["std"] ** 2 + (nb - 1) * b["std"] ** 2
+          + na * nb / n * (a["mean"] - b["mean"]) ** 2)
+    return {**a, "mean": float((na * a["mean"] + nb * b["mean"]) / n),
+            "std": float(np.sqrt(ss / (n - 1))), "seeds": int(n)}
+
+  def side(s):
+    mean = np.asarray([np.nan if v is None else v for v in s["mean"]], np.float64)
+    std = np.asarray([np.nan if v is None else v for v in s["std"]], np.float64)
+    count = np.asarray(s.get("seeds_per_step", [s["seeds"]] * len(mean)), np.float64)
+    count = np.where(np.isnan(mean), 0.0, count)
+    return np.nan_to_num(mean), np.nan_to_num(std), count
+
+  (ma, sa, na), (mb, sb, nb) = side(a), side(b)
   n = na + nb
-  ma, mb = np.asarray(a["mean"], np.float64), np.asarray(b["mean"], np.float64)
-  sa, sb = np.asarray(a["std"], np.float64), np.asarray(b["std"], np.float64)
-  ss = (na - 1) * sa ** 2 + (nb - 1) * sb ** 2 + na * nb / n * (ma - mb) ** 2
-  mean, std = (na * ma + nb * mb) / n, np.sqrt(ss / (n - 1))
-  if mean.ndim:
-    return {**a, "mean": mean.tolist(), "std": std.tolist(), "seeds": int(n)}
-  return {**a, "mean": float(mean), "std": float(std), "seeds": int(n)}
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean = (na * ma + nb * mb) / n
+    ss = (np.maximum(na - 1, 0) * sa ** 2 + np.maximum(nb - 1, 0) * sb ** 2
+          + na * nb / n * (ma - mb) ** 2)
+    std = np.where(n > 1, np.sqrt(ss / (n - 1)), 0.0)
+  none = lambda v, keep: [float(x) if k else None for x, k in zip(v, keep)]
+  return {**a, "mean": none(mean, n > 0), "std": none(std, n > 0),
+          "seeds": int(a["seeds"] + b["seeds"]), "seeds_per_step": n.astype(int).tolist()}
 
 
 def _is_stats(v) -> bool:
@@ -288,14 +306,29 @@ def write_budget_report(records: Sequence[dict], out_dir: str) -> dict:
 
 
 def _curve_stats(curves: Sequence[Sequence[Optional[float]]]) -> dict:
-  """Per-step mean and std over runs; a step no run could measure (None) stays None."""
+  """Per-step mean and std over runs, and ``seeds_per_step``: how many runs measured each step.
+
+  A step no run could measure (None: no ball kept, say) stays None; a step one run measured
+  has std 0, like a one-seed scalar.
+  """
   c = np.asarray([[np.nan if v is None else v for v in curve] for curve in curves], np.float64)
+  count = np.sum(~np.isnan(c), 0)
   with np.errstate(invalid="ignore"), warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN steps
+    warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN steps, one-value ddof=1
     mean = np.nanmean(c, 0)
-    std = np.nanstd(c, 0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1])
+    std = np.where(count > 1, np.nanstd(c, 0, ddof=1), np.where(count == 1, 0.0, np.nan))
   none = lambda a: [None if np.isnan(v) else float(v) for v in a]
-  return {"mean": none(mean), "std": none(std), "seeds": int(len(c))}
+  return {"mean": none(mean), "std": none(std), "seeds": int(len(c)),
+          "seeds_per_step": count.astype(int).tolist()}
+
+
+def step_stat(curve: dict, i: int) -> Optional[dict]:
+  """Step ``i`` of a per-step curve's stats as a scalar stat (``seeds``: the runs that measured
+  it), or None where no run did."""
+  if curve["mean"][i] is None:
+    return None
+  seeds = curve.get("seeds_per_step", [curve["seeds"]] * len(curve["mean"]))[i]
+  return {"mean": curve["mean"][i], "std": curve["std"][i] or 0.0, "seeds": int(seeds)}
 
 
 # ---------------------------------------------------------------------------
@@ -369,8 +402,7 @@ def rollout_table(summary: dict, steps: Sequence[int] = (1, 5, 6, 8, 10, 15)) ->
   rows = ["| model | seeds | " + " | ".join(head) + " |", "|---" * (len(steps) + 2) + "|"]
   for name in names:
     r = summary[name]["rollout_bce"]
-    cells = [_pm({"mean": r["mean"][s - 1], "std": r["std"][s - 1], "seeds": r["seeds"]}, 0)
-             for s in steps]
+    cells = [_pm(step_stat(r, s - 1), 0) for s in steps]
     rows.append(f"| {label(name)} | {r['seeds']} | " + " | ".join(cells) + " |")
   refs = rollout_references(summary)
   for key, text in ROLLOUT_REFERENCES:
@@ -402,10 +434,7 @@ def simulation_table(summary: dict, sim_steps: Sequence[int] = (1, 5, 10)) -> li
         cells += ["–"] * len(sim_steps)
         continue
       for s in sim_steps:
-        i = n_real + s - 1
-        stat = None if r["mean"][i] is None else {"mean": r["mean"][i], "std": r["std"][i] or 0.0,
-                                                  "seeds": r["seeds"]}
-        cells.append(_pm(stat, digits))
+        cells.append(_pm(step_stat(r, n_real + s - 1), digits))
     rows.append(f"| {label(name)} | {summary[name]['rollout_bce']['seeds']} | "
                 + " | ".join(cells) + " |")
   return rows + ["", "Balls kept: the share of true balls whose disc the predicted frame still "
@@ -518,6 +547,8 @@ CLAIMS = {
         *[("rollout", "4.", pair) for pair in (("rnem", "rnn_em"), ("rnn_em", "rnn"),
                                               ("rnem", "rnn"))],
         # simulation-trained variants (issue: simulation that holds its objects)
+        *[("rollout", "4. sim-trained", pair) for pair in (
+            ("rnem_sim", "rnn_em_sim"), ("rnn_em_sim", "rnn_sim"), ("rnem_sim", "rnn_sim"))],
         *[("kept", "4. sim-trained", (better, worse, step))
           for better, worse in (("rnem_sim", "rnn_em_sim"), ("rnem_sim", "rnn_sim"))
           for step in (1, 5, 10)],
@@ -601,9 +632,8 @@ def _check(summary: dict, kind: str, prefix: str, args: tuple) -> tuple[str, Opt
       ka, kb = (r["rollout_balls_kept"] for r in (a, b))
       if i >= len(ka["mean"]) or ka["mean"][i] is None or kb["mean"][i] is None:
         return text, None, "not measured at this step"
-      stat = lambda r: {"mean": r["mean"][i], "std": r["std"][i] or 0.0, "seeds": r["seeds"]}
       c = (ka["mean"][i] > kb["mean"][i],
-           f"{L[better]} {_pm(stat(ka), 2)} vs {L[worse]} {_pm(stat(kb), 2)}")
+           f"{L[better]} {_pm(step_stat(ka, i), 2)} vs {L[worse]} {_pm(step_stat(kb, i), 2)}")
   else:
     raise ValueError(f"unknown claim kind {kind!r}")
   return (text, None, "not run") if c is None else (text, c[0], c[1])
@@ -616,7 +646,8 @@ def claims(summary: dict, experiment: str = "balls") -> list[tuple[str, Optional
   present = {model_of(n) for n in summary}
   return [_check(summary, kind, prefix, args)
           for kind, prefix, args in CLAIMS.get(experiment, ())
-          if kind != "kept" or present & set(args[:2])]   # the variants' claims when run
+          # the simulation-trained variants' claims only where one of them was run
+          if not set(args[:2]) & set(MODEL_TRAIN_SIM) or present & set(args[:2])]
 
 
 def summary_markdown(summary: dict, title: str = "CPU reproduction: summary",

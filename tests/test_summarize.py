@@ -358,6 +358,7 @@ def test_object_curves_pool_over_seeds_and_steps_nothing_measured_stay_empty(tmp
   assert s["rollout_position_error_px"]["mean"][:2] == [1.5, 4.0]
   assert s["rollout_position_error_px"]["mean"][2] is None
   assert s["rollout_position_error_px"]["std"][1] == pytest.approx(np.std([3, 5], ddof=1))
+  assert s["rollout_position_error_px"]["seeds_per_step"] == [2, 2, 0]
   assert s["rollout_references"]["held_balls_kept_per_step"] == [1.0, 0.5, 0.5]
   table = summarize.simulation_table({"rnem_sim_cpu": s}, sim_steps=(1,))
   assert table[2] == "| R-NEM sim-trained | 2 | 30 ± 0 | 0.00 ± 0.00 | – | – |"   # no mass curve
@@ -379,6 +380,46 @@ def test_the_simulation_claim_compares_balls_kept_at_simulated_steps(tmp_path):
   assert ok is False and evidence == "R-NEM sim-trained 0.80 vs RNN sim-trained 0.85"
   assert checked["4. sim-trained: R-NEM sim-trained keeps more balls than RNN-EM sim-trained "
                  "at simulated step 1"] == (None, "not run")
+  # Rollout BCE 3.0 vs 3.0 at the one simulated step: not lower.
+  assert checked["4. sim-trained rollout: R-NEM sim-trained < RNN sim-trained at every "
+                 "simulated step"] == (False, "lower at 0 of 1 simulated steps; last step 3 vs 3")
   plain = [c for c, _, _ in summarize.claims(summarize.summarize(runs[:0] or [
       _run(tmp_path / "ref", "rnem_cpu", {"bce_last": 90.0})]))]
   assert not any("sim-trained" in c for c in plain)
+
+
+def test_a_step_one_seed_measured_reads_as_one_seed_and_pools_per_step(tmp_path):
+  """Position error is measured only where a ball is kept: a step one seed measured is shown
+  as that seed's value (no "± 0"), and pooling another summary merges each step over the seeds
+  that measured it, as summarizing all runs together does (no NaN where one side is empty)."""
+  curves = {0: ([1.0, 0.5, 0.25, 0.0], [1.0, 2.0, 3.0, None]),
+            1: ([1.0, 0.5, 0.0, 0.0], [2.0, 4.0, None, None]),
+            2: ([1.0, 0.25, 0.25, 0.25], [4.0, 2.0, 5.0, 6.0]),
+            3: ([1.0, 0.0, 0.0, 0.0], [3.0, None, None, None])}
+  runs = {}
+  for seed, (kept, err) in curves.items():
+    wd = tmp_path / f"r{seed}"
+    runs[seed] = _run(wd, "rnem_sim_cpu", {"bce_last": 90.0 + seed},
+                      rollout=[10.0, 20.0, 30.0, 40.0])
+    rec = json.loads((wd / "rollout.json").read_text())
+    rec.update(balls_kept_per_step=kept, position_error_px_per_step=err)
+    (wd / "rollout.json").write_text(json.dumps(rec))
+    (wd / "config.json").write_text(json.dumps({"name": "rnem_sim_cpu", "seed": seed}))
+  two = summarize.summarize([runs[0], runs[1]])["rnem_sim_cpu"]
+  err = two["rollout_position_error_px"]
+  assert err["seeds_per_step"] == [2, 2, 1, 0] and err["std"][2] == 0.0
+  assert summarize.step_stat(err, 2) == {"mean": 3.0, "std": 0.0, "seeds": 1}
+  assert summarize.step_stat(err, 3) is None
+  row = summarize.simulation_table({"rnem_sim_cpu": two}, sim_steps=(1,))[2]
+  assert row.endswith("| 3.0 |"), row   # one seed measured it: its value, no spread
+  full = summarize.summarize(list(runs.values()))
+  pooled = summarize.pool(summarize.summarize([runs[0], runs[1]]),
+                          summarize.summarize([runs[2], runs[3]]))
+  for key in ("rollout_position_error_px", "rollout_balls_kept", "rollout_bce"):
+    a, b = pooled["rnem_sim_cpu"][key], full["rnem_sim_cpu"][key]
+    assert a["seeds_per_step"] == b["seeds_per_step"], key
+    for field in ("mean", "std"):
+      np.testing.assert_allclose(np.asarray(a[field], float), np.asarray(b[field], float),
+                                 err_msg=f"{key} {field}")
+  assert pooled["rnem_sim_cpu"]["rollout_position_error_px"]["mean"][3] == 6.0
+  json.dumps(pooled, allow_nan=False)   # valid JSON: no NaN
