@@ -260,14 +260,25 @@ ROLLOUT_MATCH = ("dataset", "num_real_steps", "num_sim_steps", "num_sequences")
 
 
 OBJECT_PANELS = (("balls_kept", "balls kept (share)"),
-                 ("position_error_px", "position error (px)"))
+                 ("ball_mass", "mass on the true discs"),
+                 ("position_error_px", "position error (px)"),
+                 ("swap_rate", "identity swaps (share of tracked balls)"))
 REFERENCE_LINESTYLES = (":", "-.", "--")   # config.ROLLOUT_REFERENCES, in order
 
 
-def _rollout_axes(fig: Figure, with_objects: bool):
-  """The BCE axis, and (balls runs) one axis per ``OBJECT_PANELS`` entry beside it."""
+def _rollout_grid(with_objects: bool) -> tuple[int, int]:
+  """Rows and columns of the rollout figures: the BCE axis, then (balls runs) one axis per
+  ``OBJECT_PANELS`` entry, three to a row."""
   n = 1 + (len(OBJECT_PANELS) if with_objects else 0)
-  axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+  cols = min(n, 3)
+  return -(-n // cols), cols
+
+
+def _rollout_axes(fig: Figure, with_objects: bool):
+  """The BCE axis, and (balls runs) one axis per ``OBJECT_PANELS`` entry (``_rollout_grid``)."""
+  n = 1 + (len(OBJECT_PANELS) if with_objects else 0)
+  rows, cols = _rollout_grid(with_objects)
+  axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
   labels = ["BCE (summed over pixels)"] + [text for _, text in OBJECT_PANELS]
   for ax, ylabel in zip(axes, labels):
     ax.set_xlabel("predicted frame")
@@ -299,14 +310,16 @@ def rollout_bce_figure(records: dict[str, dict], title: str = "") -> Figure:
   first = next(iter(records.values()))
   n_real = first["num_real_steps"]
   with_objects = all("balls_kept_per_step" in r for r in records.values())
-  fig = Figure(figsize=(5.5 * (3 if with_objects else 1), 3.6), dpi=100)
+  rows, cols = _rollout_grid(with_objects)
+  fig = Figure(figsize=(5.5 * cols, 3.6 * rows), dpi=100)
   axes = _rollout_axes(fig, with_objects)
   for name, rec in records.items():
     y = rec["bce_per_step"]
     x = np.arange(1, len(y) + 1)
     axes[0].plot(x, y, marker="o", ms=3, label=name)
     for ax, (key, _) in zip(axes[1:], OBJECT_PANELS):
-      ax.plot(x, _curve(rec[f"{key}_per_step"]), marker="o", ms=3, label=name)
+      if f"{key}_per_step" in rec:   # rollout.json from before the curve existed: no line
+        ax.plot(x, _curve(rec[f"{key}_per_step"]), marker="o", ms=3, label=name)
   for (key, text), ls in zip(ROLLOUT_REFERENCES, REFERENCE_LINESTYLES):
     if key in first:
       axes[0].plot(np.arange(1, len(first[key]) + 1), first[key], ls=ls, color="grey", lw=1,
@@ -380,7 +393,8 @@ def rollout_summary_figure(summary: dict, references: Optional[dict] = None) -> 
   # object panels when any run has the curves (runs evaluated before them have BCE only)
   with_objects = any(f"rollout_{key}" in summary[n] for n in names for key, _ in OBJECT_PANELS)
   colours = component_colours(len(names))
-  fig = Figure(figsize=(6 * (3 if with_objects else 1), 3.8), dpi=100)
+  rows, cols = _rollout_grid(with_objects)
+  fig = Figure(figsize=(6 * cols, 3.8 * rows), dpi=100)
   axes = _rollout_axes(fig, with_objects)
   keys = ["rollout_bce"] + [f"rollout_{key}" for key, _ in OBJECT_PANELS[:len(axes) - 1]]
   for j, name in enumerate(names):

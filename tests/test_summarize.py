@@ -364,7 +364,7 @@ def test_object_curves_pool_over_seeds_and_steps_nothing_measured_stay_empty(tmp
   assert table[2] == "| R-NEM sim-trained | 2 | 30 ± 0 | 0.00 ± 0.00 | – | – |"   # no mass curve
   from rnem_jax import visualize
   fig = visualize.rollout_summary_figure({"rnem_sim_cpu": s})
-  assert len(fig.axes) == 3
+  assert len(fig.axes) == 1 + len(visualize.OBJECT_PANELS) == 5
 
 
 def test_the_simulation_claim_compares_balls_kept_at_simulated_steps(tmp_path):

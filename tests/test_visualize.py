@@ -138,6 +138,25 @@ def test_rollout_curves_refuse_different_horizons():
     visualize.rollout_bce_figure({"a": rec, "b": other})
 
 
+def test_rollout_figure_draws_every_object_curve_a_record_has():
+  """Balls kept, mass, position error and swaps: one panel each beside the BCE; a record from
+  before a curve existed (no swap_rate_per_step here) leaves that panel without its line."""
+  rec = {"model": "m", "dataset": "d", "K": 5, "num_real_steps": 2, "num_sim_steps": 2,
+         "num_sequences": 4, "bce_per_step": [1.0, 2.0, 3.0, 4.0],
+         "balls_kept_per_step": [1.0, 1.0, 0.5, 0.0], "ball_mass_per_step": [0.9, 0.8, 0.4, 0.1],
+         "position_error_px_per_step": [0.5, 0.6, 1.0, None],
+         "swap_rate_per_step": [None, 0.0, 0.25, None]}
+  old = {k: v for k, v in rec.items() if k != "swap_rate_per_step"}
+  fig = visualize.rollout_bce_figure({"a": rec, "b": old})
+  assert [ax.get_ylabel() for ax in fig.axes][1:] == [t for _, t in visualize.OBJECT_PANELS]
+  lines = {ax.get_ylabel(): [ln.get_label() for ln in ax.get_lines()
+                             if not ln.get_label().startswith("_")]   # the simulated-step mark
+           for ax in fig.axes}
+  assert lines["identity swaps (share of tracked balls)"] == ["a"]
+  assert lines["mass on the true discs"] == ["a", "b"]
+  np.testing.assert_array_equal(fig.axes[4].get_lines()[0].get_ydata()[2], 0.25)
+
+
 def test_rollout_ablation_and_reference_curves(run, data_dir):
   config, workdir = run
   rec = evaluate.rollout_ablation(config, workdir)
