@@ -3,7 +3,8 @@
 Each run directory holds ``config.json`` and what ``--mode=eval``/``rollout``
 wrote: ``metrics.json`` (test set), ``metrics_extrapolation.json`` (6-8 balls;
 its metrics get the suffix ``_678``), ``rollout.json`` (per-step BCE, as
-``rollout_bce`` with per-step mean/std lists) and, where present,
+``rollout_bce`` with per-step mean/std lists; the object curves as ``rollout_balls_kept`` etc.,
+whose ``seeds_per_step`` counts the runs that measured each step) and, where present,
 ``rollout_ablation.json`` (as ``rollout_ablation``: variant -> mean/std
 lists). Runs are grouped by the config's
 ``name`` (``<model>_<scale>``); runs of one group scored on different datasets,
