@@ -3,6 +3,7 @@ scheduler and a demanding user would: nothing lost, nothing silently mixed."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,9 +28,21 @@ def _run(args, env, timeout=600):
   return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+ABSL_INFO = re.compile(r"I\d{4} \d\d:\d\d:")   # absl's INFO prefix, IMMDD hh:mm:
+
+
 def _errors(stderr: str) -> list[str]:
-  """stderr without absl's INFO lines."""
-  return [line for line in stderr.splitlines() if line and not line.startswith("I1")]
+  """stderr without absl's INFO lines and without XLA's slow-compile notice (a loaded machine:
+  its alarm line, then a message between two rows of asterisks)."""
+  out, notice = [], 0
+  for line in stderr.splitlines():
+    if "slow_operation_alarm" in line:
+      notice = 2
+    elif notice and line.startswith("*****"):
+      notice -= 1
+    elif line and not notice and not ABSL_INFO.match(line):
+      out.append(line)
+  return out
 
 
 def _train_rows(workdir, kind="train"):

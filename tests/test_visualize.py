@@ -60,7 +60,7 @@ def test_render_run_writes_every_figure_and_animation(run, tmp_path):
   assert _png_size(paths["rollout"]) == (round(100 * (1.6 + (5 + N_SIM) * 0.5)),
                                          round(100 * (0.9 + 4 * 0.5)))
   # BCE, balls kept and position error per step (a balls dataset)
-  assert _png_size(paths["rollout_bce"]) == (3 * 550, 360)
+  assert _png_size(paths["rollout_bce"]) == (3 * 550, 2 * 360)   # two rows of panels
   # GIFs: one frame per step; 32 px tiles scaled x4 with 2 px gaps.
   assert _gif(paths["prediction_gif"]) == (T, (3 * 128 + 2 * 2, 128))
   assert _gif(paths["grouping_gif"]) == (T, ((1 + K) * 128 + K * 2, 128))
