@@ -146,19 +146,10 @@ def _pool_stats(a: dict, b: dict) -> dict:
   """Mean and ddof=1 std of the union of two disjoint seed sets, from their stats (scalars or
   per-step lists): the combined sum of squares is each side's plus the between-means term.
   Per step, a curve pools over the sides that measured the step (``seeds_per_step``)."""
-  if np.ndim(a["mean"]) == 0:
-    na, nb = a["seeds"], b["seeds"]
-    n = na + nb
-    ss = ((na - 1) * a["std"] ** 2 + (nb - 1) * b["std"] ** 2
-          + na * nb / n * (a["mean"] - b["mean"]) ** 2)
-    return {**a, "mean": float((na * a["mean"] + nb * b["mean"]) / n),
-            "std": float(np.sqrt(ss / (n - 1))), "seeds": int(n)}
-
-  def side(s):
-    mean = np.asarray([np.nan if v is None else v for v in s["mean"]], np.float64)
-    std = np.asarray([np.nan if v is None else v for v in s["std"]], np.float64)
-    count = np.asarray(s.get("seeds_per_step", [s["seeds"]] * len(mean)), np.float64)
-    count = np.where(np.isnan(mean), 0.0, count)
+  def side(s):   # mean, std, seed count per step; a scalar is one step
+    mean = np.atleast_1d(np.asarray(s["mean"], np.float64))   # None -> NaN
+    std = np.atleast_1d(np.asarray(s["std"], np.float64))
+    count = np.where(np.isnan(mean), 0.0, s.get("seeds_per_step", s["seeds"]))
     return np.nan_to_num(mean), np.nan_to_num(std), count
 
   (ma, sa, na), (mb, sb, nb) = side(a), side(b)
@@ -168,6 +159,8 @@ def _pool_stats(a: dict, b: dict) -> dict:
     ss = (np.maximum(na - 1, 0) * sa ** 2 + np.maximum(nb - 1, 0) * sb ** 2
           + na * nb / n * (ma - mb) ** 2)
     std = np.where(n > 1, np.sqrt(ss / (n - 1)), 0.0)
+  if np.ndim(a["mean"]) == 0:
+    return {**a, "mean": float(mean[0]), "std": float(std[0]), "seeds": int(n[0])}
   none = lambda v, keep: [float(x) if k else None for x, k in zip(v, keep)]
   return {**a, "mean": none(mean, n > 0), "std": none(std, n > 0),
           "seeds": int(a["seeds"] + b["seeds"]), "seeds_per_step": n.astype(int).tolist()}
@@ -328,7 +321,7 @@ def step_stat(curve: dict, i: int) -> Optional[dict]:
   it), or None where no run did."""
   if curve["mean"][i] is None:
     return None
-  seeds = curve.get("seeds_per_step", [curve["seeds"]] * len(curve["mean"]))[i]
+  seeds = curve["seeds_per_step"][i] if "seeds_per_step" in curve else curve["seeds"]
   return {"mean": curve["mean"][i], "std": curve["std"][i] or 0.0, "seeds": int(seeds)}
 
 

@@ -266,24 +266,19 @@ OBJECT_PANELS = (("balls_kept", "balls kept (share)"),
 REFERENCE_LINESTYLES = (":", "-.", "--")   # config.ROLLOUT_REFERENCES, in order
 
 
-def _rollout_grid(with_objects: bool) -> tuple[int, int]:
-  """Rows and columns of the rollout figures: the BCE axis, then (balls runs) one axis per
-  ``OBJECT_PANELS`` entry, three to a row."""
+def _rollout_axes(panel_size: tuple[float, float], with_objects: bool):
+  """A figure of ``panel_size`` inches a panel and its axes: the BCE one, then (balls runs)
+  one per ``OBJECT_PANELS`` entry, three to a row."""
   n = 1 + (len(OBJECT_PANELS) if with_objects else 0)
   cols = min(n, 3)
-  return -(-n // cols), cols
-
-
-def _rollout_axes(fig: Figure, with_objects: bool):
-  """The BCE axis, and (balls runs) one axis per ``OBJECT_PANELS`` entry (``_rollout_grid``)."""
-  n = 1 + (len(OBJECT_PANELS) if with_objects else 0)
-  rows, cols = _rollout_grid(with_objects)
+  rows = -(-n // cols)
+  fig = Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows), dpi=100)
   axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
   labels = ["BCE (summed over pixels)"] + [text for _, text in OBJECT_PANELS]
   for ax, ylabel in zip(axes, labels):
     ax.set_xlabel("predicted frame")
     ax.set_ylabel(ylabel)
-  return axes
+  return fig, axes
 
 
 def _mark_simulated(axes, n_real: int) -> None:
@@ -310,9 +305,7 @@ def rollout_bce_figure(records: dict[str, dict], title: str = "") -> Figure:
   first = next(iter(records.values()))
   n_real = first["num_real_steps"]
   with_objects = all("balls_kept_per_step" in r for r in records.values())
-  rows, cols = _rollout_grid(with_objects)
-  fig = Figure(figsize=(5.5 * cols, 3.6 * rows), dpi=100)
-  axes = _rollout_axes(fig, with_objects)
+  fig, axes = _rollout_axes((5.5, 3.6), with_objects)
   for name, rec in records.items():
     y = rec["bce_per_step"]
     x = np.arange(1, len(y) + 1)
@@ -393,9 +386,7 @@ def rollout_summary_figure(summary: dict, references: Optional[dict] = None) -> 
   # object panels when any run has the curves (runs evaluated before them have BCE only)
   with_objects = any(f"rollout_{key}" in summary[n] for n in names for key, _ in OBJECT_PANELS)
   colours = component_colours(len(names))
-  rows, cols = _rollout_grid(with_objects)
-  fig = Figure(figsize=(6 * cols, 3.8 * rows), dpi=100)
-  axes = _rollout_axes(fig, with_objects)
+  fig, axes = _rollout_axes((6, 3.8), with_objects)
   keys = ["rollout_bce"] + [f"rollout_{key}" for key, _ in OBJECT_PANELS[:len(axes) - 1]]
   for j, name in enumerate(names):
     for ax, key in zip(axes, keys):
